@@ -61,6 +61,12 @@ class IdGenerator:
     @property
     def layout(self) -> tuple[int, int, int]:
         """`(timestamp_bits, worker_bits, sequence_bits)`."""
+    def set_worker_id(self, worker_id: int) -> None:
+        """Stamp a new worker id into the ids from now on (a leased id, a forked child).
+
+        The current millisecond is marked spent first, so ids stay increasing across the change;
+        call it before other threads make ids.
+        """
     def next(self) -> int:
         """A new id, greater than every id this generator returned before."""
     def next_many(self, n: int) -> list[int]:
@@ -87,9 +93,10 @@ else the result. `with_context` sets `CURRENT_MESSAGE` while it runs.
 class Dispatcher:
     """The dispatch table and pipeline executor that `catga.Mediator` subclasses.
 
-    Routes are compiled once per message type by calling `self._compile_route(message_type)` on the
-    first send or publish of that type, and then looked up by the type's identity. The subclass
-    calls `_invalidate()` whenever a registration changes a route.
+    Routes are compiled once per message type by calling `self._compile_route(message_type)`, which
+    the subclass implements (returning a `Route` or raising `HandlerNotFound`), on the first send or
+    publish of that type, and then looked up by the type's identity. The subclass calls
+    `_invalidate()` whenever a registration changes a route.
     """
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Dispatcher: ...
@@ -101,5 +108,3 @@ class Dispatcher:
         """The compiled route of a type (compiling it on a miss)."""
     def _invalidate(self) -> None:
         """Forget every compiled route."""
-    def _compile_route(self, message_type: type, /) -> Route:
-        """Implemented by the subclass: build the route of a type, or raise `HandlerNotFound`."""

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -37,15 +38,17 @@ impl Hasher for AddressHasher {
 type Map<V> = HashMap<usize, V, BuildHasherDefault<AddressHasher>>;
 
 /// A copy-on-write map from type address to route, read without locks.
+///
+/// Compiling a route runs user code, which may change the registrations meanwhile; the generation
+/// counter lets the compiler detect that and not cache a route compiled from stale registrations.
 pub struct DispatchTable<V> {
     routes: ArcSwap<Map<V>>,
+    generation: AtomicU64,
 }
 
 impl<V> Default for DispatchTable<V> {
     fn default() -> Self {
-        Self {
-            routes: ArcSwap::from_pointee(Map::default()),
-        }
+        Self { routes: ArcSwap::from_pointee(Map::default()), generation: AtomicU64::new(0) }
     }
 }
 
@@ -61,17 +64,29 @@ impl<V: Clone> DispatchTable<V> {
         self.routes.load().get(&key).cloned()
     }
 
-    /// Add or replace the route of `key`.
-    pub fn insert(&self, key: usize, route: V) {
+    /// The generation to pass to `insert` for a route about to be compiled.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Add or replace the route of `key`, unless the table was cleared since `generation` was
+    /// read; returns whether it was cached.
+    pub fn insert(&self, generation: u64, key: usize, route: V) -> bool {
+        let mut cached = false;
         self.routes.rcu(|routes| {
+            cached = self.generation() == generation;
             let mut routes = Map::clone(routes);
-            routes.insert(key, route.clone());
+            if cached {
+                routes.insert(key, route.clone());
+            }
             routes
         });
+        cached
     }
 
     /// Forget every route; returns the old map so the caller decides where it is dropped.
     pub fn clear(&self) -> Arc<Map<V>> {
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.routes.swap(Arc::new(Map::default()))
     }
 
@@ -98,17 +113,29 @@ mod tests {
     fn insert_get_clear() {
         let table = DispatchTable::default();
         assert!(table.is_empty());
-        table.insert(0x1000, "a");
-        table.insert(0x2000, "b");
+        let generation = table.generation();
+        table.insert(generation, 0x1000, "a");
+        table.insert(generation, 0x2000, "b");
         assert_eq!(table.get(0x1000), Some("a"));
         assert_eq!(table.with(0x2000, |r| r.copied()), Some("b"));
         assert_eq!(table.get(0x3000), None);
-        table.insert(0x1000, "c");
+        table.insert(generation, 0x1000, "c");
         assert_eq!(table.get(0x1000), Some("c"));
         assert_eq!(table.len(), 2);
         let old = table.clear();
         assert_eq!(old.len(), 2);
         assert!(table.is_empty());
+    }
+
+    #[test]
+    fn a_route_compiled_across_a_clear_is_not_cached() {
+        let table = DispatchTable::default();
+        let generation = table.generation();
+        drop(table.clear());
+        assert!(!table.insert(generation, 0x1000, "stale"));
+        assert!(table.is_empty());
+        assert!(table.insert(table.generation(), 0x1000, "fresh"));
+        assert_eq!(table.get(0x1000), Some("fresh"));
     }
 
     #[test]
@@ -127,7 +154,11 @@ mod tests {
         let table = Arc::new(DispatchTable::default());
         let writer = {
             let table = Arc::clone(&table);
-            std::thread::spawn(move || (0..2_000usize).for_each(|i| table.insert(i * 16, i)))
+            std::thread::spawn(move || {
+                (0..2_000usize).for_each(|i| {
+                    table.insert(table.generation(), i * 16, i);
+                });
+            })
         };
         let mut seen = 0;
         while seen < 2_000 {

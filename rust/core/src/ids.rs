@@ -15,11 +15,7 @@ use crate::error::CoreError;
 pub const DEFAULT_EPOCH_MS: u64 = 1_704_067_200_000;
 
 /// 44 bits of milliseconds (557 years), 8 bits of worker id, 11 bits of sequence (2048 ids per ms).
-pub const DEFAULT_LAYOUT: Layout = Layout {
-    timestamp_bits: 44,
-    worker_bits: 8,
-    sequence_bits: 11,
-};
+pub const DEFAULT_LAYOUT: Layout = Layout { timestamp_bits: 44, worker_bits: 8, sequence_bits: 11 };
 
 /// How the 63 bits of an id are split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,12 +30,13 @@ impl Layout {
     /// need at least one bit each, the worker id may have none.
     pub fn new(timestamp_bits: i64, worker_bits: i64, sequence_bits: i64) -> Result<Self, CoreError> {
         let layout = (timestamp_bits, worker_bits, sequence_bits);
-        let invalid = |reason| Err(CoreError::InvalidLayout { layout, reason });
+        let invalid = |reason: String| Err(CoreError::InvalidLayout { layout, reason });
         if timestamp_bits < 1 || sequence_bits < 1 || worker_bits < 0 {
-            return invalid("needs at least 1 timestamp bit, 1 sequence bit and no negative part");
+            return invalid("needs at least 1 timestamp bit, 1 sequence bit and no negative part".to_owned());
         }
-        if timestamp_bits.saturating_add(worker_bits).saturating_add(sequence_bits) != 63 {
-            return invalid("must sum to 63 bits");
+        let sum = i128::from(timestamp_bits) + i128::from(worker_bits) + i128::from(sequence_bits);
+        if sum != 63 {
+            return invalid(format!("must sum to 63 bits, not `{sum}`"));
         }
         Ok(Self {
             timestamp_bits: timestamp_bits as u32,
@@ -78,9 +75,7 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
         // A clock before 1970 reads as 0; the generator's forward-only state absorbs it.
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
     }
 }
 
@@ -88,11 +83,15 @@ impl Clock for SystemClock {
 #[derive(Debug)]
 pub struct IdGenerator<C: Clock = SystemClock> {
     layout: Layout,
-    worker_id: u64,
+    worker_id: AtomicU64,
     epoch_ms: u64,
+    /// `(last_ms << sequence_bits) | sequence` of the last id, or `UNUSED` before the first.
     state: AtomicU64,
     clock: C,
 }
+
+/// The state before the first id: no real state is this large (it would need 64 - s ms bits).
+const UNUSED: u64 = u64::MAX;
 
 impl IdGenerator<SystemClock> {
     /// A generator on the system clock; the epoch may not lie in the future.
@@ -104,19 +103,16 @@ impl IdGenerator<SystemClock> {
 impl<C: Clock> IdGenerator<C> {
     pub fn with_clock(worker_id: i64, epoch_ms: i64, layout: Layout, clock: C) -> Result<Self, CoreError> {
         if worker_id < 0 || (worker_id as u64) >> layout.worker_bits != 0 {
-            return Err(CoreError::InvalidWorkerId {
-                worker_id,
-                bits: layout.worker_bits,
-            });
+            return Err(CoreError::InvalidWorkerId { worker_id, bits: layout.worker_bits });
         }
         if epoch_ms < 0 || epoch_ms as u64 > clock.now_ms() {
             return Err(CoreError::InvalidEpoch { epoch_ms });
         }
         Ok(Self {
             layout,
-            worker_id: worker_id as u64,
+            worker_id: AtomicU64::new(worker_id as u64),
             epoch_ms: epoch_ms as u64,
-            state: AtomicU64::new(0),
+            state: AtomicU64::new(UNUSED),
             clock,
         })
     }
@@ -126,7 +122,24 @@ impl<C: Clock> IdGenerator<C> {
     }
 
     pub fn worker_id(&self) -> u64 {
-        self.worker_id
+        self.worker_id.load(Ordering::Relaxed)
+    }
+
+    /// Stamp a new worker id into the ids from now on (a process that leased one, or a forked
+    /// child). The current millisecond is marked spent first, so the ids stay increasing whatever
+    /// the new worker id is; call it before other threads make ids, or they may interleave.
+    pub fn set_worker_id(&self, worker_id: i64) -> Result<(), CoreError> {
+        let bits = self.layout.worker_bits;
+        if worker_id < 0 || (worker_id as u64) >> bits != 0 {
+            return Err(CoreError::InvalidWorkerId { worker_id, bits });
+        }
+        // Mark the current millisecond as spent: the next id borrows the following one.
+        let mask = self.layout.sequence_mask();
+        let _ = self
+            .state
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |state| (state != UNUSED).then_some(state | mask));
+        self.worker_id.store(worker_id as u64, Ordering::Relaxed);
+        Ok(())
     }
 
     pub fn epoch_ms(&self) -> u64 {
@@ -142,29 +155,28 @@ impl<C: Clock> IdGenerator<C> {
         let mut current = self.state.load(Ordering::Relaxed);
         let next = loop {
             let (last_ms, sequence) = (current >> s, current & mask);
-            let next = if now > last_ms {
+            let next = if current == UNUSED || now > last_ms {
                 now << s
             } else if sequence < mask {
                 current + 1
             } else {
                 (last_ms + 1) << s
             };
-            match self
-                .state
-                .compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed)
-            {
+            match self.state.compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => break next,
                 Err(actual) => current = actual,
             }
         };
         let elapsed_ms = next >> s;
         if elapsed_ms > self.layout.max_timestamp() {
+            let Layout { timestamp_bits, worker_bits, sequence_bits } = self.layout;
             return Err(CoreError::TimestampOverflow {
                 elapsed_ms,
-                bits: self.layout.timestamp_bits,
+                layout: (timestamp_bits, worker_bits, sequence_bits),
             });
         }
-        Ok((elapsed_ms << (self.layout.worker_bits + s)) | (self.worker_id << s) | (next & mask))
+        let worker_id = self.worker_id.load(Ordering::Relaxed);
+        Ok((elapsed_ms << (self.layout.worker_bits + s)) | (worker_id << s) | (next & mask))
     }
 
     /// `n` ids in increasing order.
@@ -237,7 +249,7 @@ mod tests {
         assert_eq!(Layout::new(44, 8, 11), Ok(DEFAULT_LAYOUT));
         assert!(Layout::new(52, 0, 11).is_ok());
         let err = Layout::new(40, 8, 11).unwrap_err();
-        assert_eq!(err.to_string(), "id layout `(40, 8, 11)` must sum to 63 bits");
+        assert_eq!(err.to_string(), "id layout `(40, 8, 11)` must sum to 63 bits, not `59`");
         assert!(Layout::new(63, 0, 0).is_err());
         assert!(Layout::new(0, 52, 11).is_err());
         assert!(Layout::new(60, -8, 11).is_err());
@@ -261,10 +273,7 @@ mod tests {
         let gen = IdGenerator::with_clock(3, 0, layout, Arc::clone(&clock)).unwrap();
         let ids = gen.next_many(100).unwrap();
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
-        let stamps: Vec<u64> = ids
-            .iter()
-            .map(|&i| gen.parse(i128::from(i)).unwrap().timestamp_ms)
-            .collect();
+        let stamps: Vec<u64> = ids.iter().map(|&i| gen.parse(i128::from(i)).unwrap().timestamp_ms).collect();
         // 32 ids per millisecond: 100 ids span 4 milliseconds although the clock never moved.
         assert_eq!(stamps[0], 1_000);
         assert_eq!(stamps[31], 1_000);
@@ -291,13 +300,32 @@ mod tests {
     fn timestamp_overflow_is_an_error() {
         let layout = Layout::new(10, 8, 45).unwrap();
         let gen = IdGenerator::with_clock(0, 0, layout, manual(5_000)).unwrap();
+        let err = gen.next_id().unwrap_err();
+        assert_eq!(err, CoreError::TimestampOverflow { elapsed_ms: 5_000, layout: (10, 8, 45) });
         assert_eq!(
-            gen.next_id(),
-            Err(CoreError::TimestampOverflow {
-                elapsed_ms: 5_000,
-                bits: 10
-            })
+            err.to_string(),
+            "`5000` ms since the epoch do not fit in the 10 timestamp bits of id layout `(10, 8, 45)`"
         );
+    }
+
+    #[test]
+    fn first_id_at_the_epoch_has_sequence_zero() {
+        let gen = IdGenerator::with_clock(0, 1_000, DEFAULT_LAYOUT, manual(1_000)).unwrap();
+        let parts = gen.parse(i128::from(gen.next_id().unwrap())).unwrap();
+        assert_eq!((parts.timestamp_ms, parts.sequence), (1_000, 0));
+    }
+
+    #[test]
+    fn changing_the_worker_id_keeps_ids_increasing() {
+        let gen = IdGenerator::with_clock(200, 0, DEFAULT_LAYOUT, manual(7_000)).unwrap();
+        let before = gen.next_id().unwrap();
+        gen.set_worker_id(3).unwrap();
+        let after = gen.next_id().unwrap();
+        assert!(after > before);
+        let parts = gen.parse(i128::from(after)).unwrap();
+        assert_eq!((parts.timestamp_ms, parts.worker_id, parts.sequence), (7_001, 3, 0));
+        assert!(gen.set_worker_id(256).is_err());
+        assert_eq!(gen.worker_id(), 3);
     }
 
     #[test]

@@ -97,11 +97,7 @@ pub enum FanOutOutcome<E> {
 
 impl<E> FanOut<E> {
     pub fn new(total: usize) -> Self {
-        Self {
-            total,
-            next: 0,
-            failures: Vec::new(),
-        }
+        Self { total, next: 0, failures: Vec::new() }
     }
 
     /// The index of the handler to run next, or `None` when every handler has run.
@@ -133,10 +129,7 @@ impl<E> FanOut<E> {
         if self.failures.is_empty() {
             FanOutOutcome::AllSucceeded
         } else {
-            FanOutOutcome::Failed {
-                failures: std::mem::take(&mut self.failures),
-                total: self.total,
-            }
+            FanOutOutcome::Failed { failures: std::mem::take(&mut self.failures), total: self.total }
         }
     }
 }
@@ -162,21 +155,9 @@ mod tests {
 
     #[test]
     fn stages_sort_into_the_fixed_order() {
-        let stages = Stage::ordered([
-            Stage::Cache,
-            Stage::Logging,
-            Stage::Retry,
-            Stage::Idempotency,
-            Stage::Retry,
-        ]);
-        assert_eq!(
-            stages,
-            vec![Stage::Logging, Stage::Idempotency, Stage::Retry, Stage::Cache]
-        );
-        assert_eq!(
-            Stage::ordered(Stage::ORDER.iter().rev().copied()),
-            Stage::ORDER.to_vec()
-        );
+        let stages = Stage::ordered([Stage::Cache, Stage::Logging, Stage::Retry, Stage::Idempotency, Stage::Retry]);
+        assert_eq!(stages, vec![Stage::Logging, Stage::Idempotency, Stage::Retry, Stage::Cache]);
+        assert_eq!(Stage::ordered(Stage::ORDER.iter().rev().copied()), Stage::ORDER.to_vec());
     }
 
     #[test]
@@ -202,10 +183,7 @@ mod tests {
         assert_eq!(walk.failures().len(), 2);
         assert_eq!(
             walk.finish(),
-            FanOutOutcome::Failed {
-                failures: vec!["h0".to_string(), "h2".to_string()],
-                total: 3
-            }
+            FanOutOutcome::Failed { failures: vec!["h0".to_string(), "h2".to_string()], total: 3 }
         );
     }
 
@@ -222,17 +200,8 @@ mod tests {
 
     #[test]
     fn messages() {
-        assert_eq!(
-            publish_failure_message(2, 3, "OrderPlaced"),
-            "`2` of `3` handlers of `OrderPlaced` failed"
-        );
-        assert_eq!(
-            send_of_event_message("E"),
-            "`E` is an event: publish it with `publish`, not `send`"
-        );
-        assert_eq!(
-            publish_of_request_message("R"),
-            "`R` is a request: send it with `send`, not `publish`"
-        );
+        assert_eq!(publish_failure_message(2, 3, "OrderPlaced"), "`2` of `3` handlers of `OrderPlaced` failed");
+        assert_eq!(send_of_event_message("E"), "`E` is an event: publish it with `publish`, not `send`");
+        assert_eq!(publish_of_request_message("R"), "`R` is a request: send it with `send`, not `publish`");
     }
 }

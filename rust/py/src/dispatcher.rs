@@ -4,6 +4,8 @@
 //! no Python frame in between. A route is compiled once per message type by calling the
 //! subclass's `_compile_route(type)`, then found by the type's address.
 
+#![allow(unsafe_code)]
+
 use std::sync::Arc;
 
 use catga_core::pipeline::{publish_of_request_message, send_of_event_message};
@@ -14,6 +16,7 @@ use pyo3::types::{PyDict, PyTuple, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use crate::awaitable;
+use crate::raw;
 use crate::route::Route;
 
 /// The dispatch table and pipeline executor that `catga.Mediator` subclasses.
@@ -29,9 +32,10 @@ impl PyDispatcher {
         if let Some(route) = slf.get().routes.get(key) {
             return Ok(route);
         }
+        let generation = slf.get().routes.generation();
         let source = slf.call_method1(intern!(slf.py(), "_compile_route"), (message_type,))?;
         let route = Arc::new(Route::compile(message_type, &source)?);
-        slf.get().routes.insert(key, Arc::clone(&route));
+        slf.get().routes.insert(generation, key, Arc::clone(&route));
         Ok(route)
     }
 }
@@ -45,18 +49,15 @@ fn send_route<'py>(route: &Route, message: &Bound<'py, PyAny>) -> PyResult<Bound
     match handler.mode {
         // NOTE: the handler's own coroutine goes back to the caller: no wrapper, no extra frame
         // (perf_design.md option "C core.send(req)": +22 ns over a direct await).
-        Mode::Direct => handler
-            .target
-            .bind(py)
-            .call1((message,))
-            .or_else(|error| awaitable::fail(py, error)),
-        Mode::CallLazily | Mode::Drive => awaitable::call(
-            py,
-            &handler.target,
-            message,
-            handler.spec.is_async,
-            handler.spec.with_context,
-        ),
+        Mode::Direct => {
+            // SAFETY: attached; both are live references; `call1` returns a new reference or NULL.
+            let coroutine = unsafe { raw::call1(handler.target.as_ptr(), message.as_ptr()) };
+            // SAFETY: a new reference or NULL with an exception set.
+            unsafe { Bound::from_owned_ptr_or_err(py, coroutine) }.or_else(|error| awaitable::fail(py, error))
+        }
+        Mode::CallLazily | Mode::Drive => {
+            awaitable::call(py, &handler.target, message, handler.spec.is_async, handler.spec.with_context)
+        }
     }
 }
 
@@ -65,20 +66,14 @@ impl PyDispatcher {
     #[new]
     #[pyo3(signature = (*_args, **_kwargs))]
     fn py_new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
-        Self {
-            routes: DispatchTable::default(),
-        }
+        Self { routes: DispatchTable::default() }
     }
 
     /// Run the handler of a request through its pipeline. Errors are raised on await.
     #[pyo3(signature = (message, /))]
     fn send<'py>(slf: &Bound<'py, Self>, message: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         let key = message.get_type_ptr() as usize;
-        if let Some(result) = slf
-            .get()
-            .routes
-            .with(key, |route| route.map(|route| send_route(route, message)))
-        {
+        if let Some(result) = slf.get().routes.with(key, |route| route.map(|route| send_route(route, message))) {
             return result;
         }
         match Self::route(slf, &message.get_type()) {

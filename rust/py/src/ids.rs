@@ -67,11 +67,9 @@ pub(crate) struct PyIdGenerator(IdGenerator);
 
 /// An int argument as i64, or a `ValueError` naming it (huge and negative values included).
 fn int_arg(value: &Bound<'_, PyAny>, name: &str) -> PyResult<i64> {
-    value.extract::<i64>().map_err(|_| {
-        PyValueError::new_err(format!(
-            "{name} `{value}` must be an int in the range of a 64-bit integer"
-        ))
-    })
+    value
+        .extract::<i64>()
+        .map_err(|_| PyValueError::new_err(format!("{name} `{value}` must be an int in the range of a 64-bit integer")))
 }
 
 fn layout_arg(layout: &Bound<'_, PyAny>) -> PyResult<Layout> {
@@ -131,6 +129,11 @@ impl PyIdGenerator {
         (l.timestamp_bits, l.worker_bits, l.sequence_bits)
     }
 
+    /// Stamp a new worker id into the ids from now on; ids stay increasing across the change.
+    fn set_worker_id(&self, worker_id: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.0.set_worker_id(int_arg(worker_id, "worker id")?).map_err(to_py)
+    }
+
     fn next(&self) -> PyResult<u64> {
         self.0.next_id().map_err(to_py)
     }
@@ -145,29 +148,35 @@ impl PyIdGenerator {
 
     fn __repr__(&self) -> String {
         let (t, w, s) = self.layout();
-        format!(
-            "IdGenerator(worker_id={}, epoch_ms={}, layout=({t}, {w}, {s}))",
-            self.0.worker_id(),
-            self.0.epoch_ms()
-        )
+        format!("IdGenerator(worker_id={}, epoch_ms={}, layout=({t}, {w}, {s}))", self.0.worker_id(), self.0.epoch_ms())
     }
 }
 
 static DEFAULT: OnceLock<Py<PyIdGenerator>> = OnceLock::new();
 
-/// Build the process-wide generator: worker id from `CATGA_WORKER_ID`, else a random one.
-pub(crate) fn init_default(py: Python<'_>, random_worker_id: u64) -> PyResult<()> {
-    let worker_id = match std::env::var("CATGA_WORKER_ID") {
+/// The worker id `CATGA_WORKER_ID` sets, if it is set.
+fn worker_id_from_env() -> PyResult<Option<i64>> {
+    match std::env::var("CATGA_WORKER_ID") {
         Ok(text) if !text.trim().is_empty() => match text.trim().parse::<i64>() {
-            Ok(id) if (0..=255).contains(&id) => id,
-            _ => {
-                return Err(PyValueError::new_err(format!(
-                    "CATGA_WORKER_ID `{text}` must be an int from 0 to 255"
-                )))
-            }
+            Ok(id) if (0..=255).contains(&id) => Ok(Some(id)),
+            _ => Err(PyValueError::new_err(format!("CATGA_WORKER_ID `{text}` must be an int from 0 to 255"))),
         },
-        _ => (random_worker_id % 256) as i64,
-    };
+        _ => Ok(None),
+    }
+}
+
+/// A random worker id: a purely local process picks one at random (API.md §2). `RandomState` is
+/// seeded per process by the OS, which is all the randomness this needs.
+fn random_worker_id() -> i64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    (hasher.finish() % 256) as i64
+}
+
+/// Build the process-wide generator: worker id from `CATGA_WORKER_ID`, else a random one.
+pub(crate) fn init_default(py: Python<'_>) -> PyResult<()> {
+    let worker_id = worker_id_from_env()?.unwrap_or_else(random_worker_id);
     let generator = IdGenerator::new(worker_id, DEFAULT_EPOCH_MS as i64, DEFAULT_LAYOUT).map_err(to_py)?;
     let generator = Py::new(py, PyIdGenerator(generator))?;
     let _ = DEFAULT.set(generator);
@@ -176,6 +185,16 @@ pub(crate) fn init_default(py: Python<'_>, random_worker_id: u64) -> PyResult<()
 
 fn default_ref() -> &'static IdGenerator {
     &DEFAULT.get().expect("initialised at import").get().0
+}
+
+/// Registered with `os.register_at_fork`: a forked child must not make the parent's ids, so unless
+/// `CATGA_WORKER_ID` pins the worker id, it picks a new random one.
+#[pyfunction]
+pub(crate) fn _after_fork_in_child() -> PyResult<()> {
+    if worker_id_from_env()?.is_none() {
+        default_ref().set_worker_id(random_worker_id()).map_err(to_py)?;
+    }
+    Ok(())
 }
 
 /// A new message id from the process-wide generator.
@@ -187,9 +206,7 @@ pub(crate) fn new_id() -> PyResult<u64> {
 /// Split an id of the default layout and epoch into its fields.
 #[pyfunction]
 pub(crate) fn parse_id(id: &Bound<'_, PyAny>) -> PyResult<PyIdParts> {
-    parse(id_arg(id)?, DEFAULT_LAYOUT, DEFAULT_EPOCH_MS)
-        .map(PyIdParts)
-        .map_err(to_py)
+    parse(id_arg(id)?, DEFAULT_LAYOUT, DEFAULT_EPOCH_MS).map(PyIdParts).map_err(to_py)
 }
 
 /// The process-wide generator that `new_id()` uses.

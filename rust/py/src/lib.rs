@@ -14,34 +14,36 @@ use pyo3::prelude::*;
 
 #[pymodule(gil_used = false)]
 mod _catga {
-    use std::collections::hash_map::RandomState;
-    use std::hash::{BuildHasher, Hasher};
-
     use pyo3::prelude::*;
 
     #[pymodule_export]
     use crate::dispatcher::PyDispatcher;
     #[pymodule_export]
-    use crate::ids::{default_generator, new_id, parse_id, PyIdGenerator, PyIdParts};
+    use crate::ids::{_after_fork_in_child, default_generator, new_id, parse_id, PyIdGenerator, PyIdParts};
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
         let py = m.py();
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
         m.add("DEFAULT_EPOCH_MS", catga_core::DEFAULT_EPOCH_MS)?;
-        let current = py.import("contextvars")?.getattr("ContextVar")?.call(
-            ("catga_current_message",),
-            Some(&[("default", py.None())].into_py_dict(py)?),
-        )?;
+        let current = py
+            .import("contextvars")?
+            .getattr("ContextVar")?
+            .call(("catga_current_message",), Some(&[("default", py.None())].into_py_dict(py)?))?;
         m.add("CURRENT_MESSAGE", &current)?;
         let coroutine_type = py.import("types")?.getattr("CoroutineType")?;
         crate::raw::init_names(coroutine_type.as_ptr(), current.as_ptr());
-        m.add("Pending", crate::awaitable::init_type(py)?)?;
-        // A purely local process picks a random worker id (API.md §2); RandomState is seeded per
-        // process by the OS, which is all the randomness this needs.
-        let mut seed = RandomState::new().build_hasher();
-        seed.write_u32(std::process::id());
-        crate::ids::init_default(py, seed.finish())?;
+        crate::awaitable::init_type(py)?;
+        crate::ids::init_default(py)?;
+        let after_in_child = m.getattr("_after_fork_in_child")?;
+        py.import("os")?.call_method(
+            "register_at_fork",
+            (),
+            Some(&[("after_in_child", after_in_child)].into_py_dict(py)?),
+        )?;
+        // The runtime value of the stub's `Route` alias, so both cores export the same names.
+        let route = py.eval(c"tuple[bool, tuple[tuple[object, bool, bool], ...]]", None, None)?;
+        m.add("Route", route)?;
         Ok(())
     }
 

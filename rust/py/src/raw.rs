@@ -91,9 +91,7 @@ pub(crate) fn init_names(coroutine_type: *mut ffi::PyObject, current_message: *m
 }
 
 pub(crate) fn names() -> &'static Names {
-    NAMES
-        .get()
-        .expect("catga._catga initialises its names when it is imported")
+    NAMES.get().expect("catga._catga initialises its names when it is imported")
 }
 
 /// `callable(arg)`; NULL with an exception set on failure.

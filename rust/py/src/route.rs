@@ -28,9 +28,7 @@ pub(crate) struct Route {
 impl Route {
     /// Check and compile `(is_event, ((target, is_async, with_context), ...))`.
     pub(crate) fn compile(message_type: &Bound<'_, PyType>, source: &Bound<'_, PyAny>) -> PyResult<Route> {
-        let type_name = message_type
-            .qualname()
-            .map_or_else(|_| "?".to_owned(), |name| name.to_string());
+        let type_name = message_type.qualname().map_or_else(|_| "?".to_owned(), |name| name.to_string());
         let malformed = |what: &str| {
             PyTypeError::new_err(format!(
                 "`_compile_route` returned a malformed route for `{type_name}`: {what}, got `{}`",
@@ -41,21 +39,14 @@ impl Route {
         if source.len() != 2 {
             return Err(malformed("expected `(is_event, handlers)`"));
         }
-        let is_event = source
-            .get_item(0)?
-            .cast::<PyBool>()
-            .map_err(|_| malformed("`is_event` must be a bool"))?
-            .is_true();
+        let is_event =
+            source.get_item(0)?.cast::<PyBool>().map_err(|_| malformed("`is_event` must be a bool"))?.is_true();
         let entries = source.get_item(1)?;
-        let entries = entries
-            .cast::<PyTuple>()
-            .map_err(|_| malformed("`handlers` must be a tuple"))?;
+        let entries = entries.cast::<PyTuple>().map_err(|_| malformed("`handlers` must be a tuple"))?;
         let handlers = entries
             .iter()
             .map(|entry| {
-                let entry = entry
-                    .cast_into::<PyTuple>()
-                    .map_err(|_| malformed("each handler must be a tuple"))?;
+                let entry = entry.cast_into::<PyTuple>().map_err(|_| malformed("each handler must be a tuple"))?;
                 if entry.len() != 3 {
                     return Err(malformed("each handler must be `(target, is_async, with_context)`"));
                 }
@@ -66,15 +57,8 @@ impl Route {
                         .map_err(|_| malformed("handler flags must be bools"))?
                         .is_true())
                 };
-                let spec = HandlerSpec {
-                    is_async: flag(1)?,
-                    with_context: flag(2)?,
-                };
-                Ok(Handler {
-                    target: entry.get_item(0)?.unbind(),
-                    spec,
-                    mode: Mode::of(spec),
-                })
+                let spec = HandlerSpec { is_async: flag(1)?, with_context: flag(2)? };
+                Ok(Handler { target: entry.get_item(0)?.unbind(), spec, mode: Mode::of(spec) })
             })
             .collect::<PyResult<Box<[Handler]>>>()?;
         if !is_event && handlers.len() != 1 {
