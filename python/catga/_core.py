@@ -1,0 +1,83 @@
+"""Pick the core: the native extension `catga._catga` or its pure-Python twin `catga._pure`.
+
+`CATGA_PURE_PYTHON=1` selects the pure core; `=0` requires the native one (its import error
+propagates); unset or empty: native if it imports, else pure with one `RuntimeWarning`. Everything
+else in catga imports core names from here, never from either core directly.
+"""
+
+import os
+import warnings
+from typing import TYPE_CHECKING
+
+__all__ = [
+    "CURRENT_MESSAGE",
+    "DEFAULT_EPOCH_MS",
+    "PURE_PYTHON",
+    "Dispatcher",
+    "IdGenerator",
+    "IdParts",
+    "Route",
+    "__version__",
+    "default_generator",
+    "new_id",
+    "parse_id",
+]
+
+if TYPE_CHECKING:
+    # Type checkers see the interface the stub declares; both cores implement it.
+    from catga._catga import (
+        CURRENT_MESSAGE,
+        DEFAULT_EPOCH_MS,
+        Dispatcher,
+        IdGenerator,
+        IdParts,
+        Route,
+        __version__,
+        default_generator,
+        new_id,
+        parse_id,
+    )
+
+    PURE_PYTHON: bool
+else:
+
+    def _load():
+        choice = os.environ.get("CATGA_PURE_PYTHON", "")
+        if choice == "1":
+            from catga import _pure
+
+            return _pure, True
+        if choice == "0":
+            from catga import _catga
+
+            return _catga, False
+        if choice:
+            raise ValueError(f"`CATGA_PURE_PYTHON` must be `1`, `0` or unset, got `{choice}`")
+        try:
+            from catga import _catga
+        except ImportError as exc:
+            warnings.warn(
+                f"the native core `catga._catga` failed to import (`{exc}`), using the pure-Python core: "
+                "set `CATGA_PURE_PYTHON=1` to choose it explicitly",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            from catga import _pure
+
+            return _pure, True
+        return _catga, False
+
+    _impl, PURE_PYTHON = _load()
+
+    CURRENT_MESSAGE = _impl.CURRENT_MESSAGE
+    DEFAULT_EPOCH_MS = _impl.DEFAULT_EPOCH_MS
+    Dispatcher = _impl.Dispatcher
+    IdGenerator = _impl.IdGenerator
+    IdParts = _impl.IdParts
+    Route = _impl.Route
+    __version__ = _impl.__version__
+    default_generator = _impl.default_generator
+    new_id = _impl.new_id
+    parse_id = _impl.parse_id
+
+    del _impl, _load

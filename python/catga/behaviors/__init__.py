@@ -1,0 +1,63 @@
+"""The built-in behaviours of the pipeline, configured through `catga.Config` (API.md section 5).
+
+They run in this fixed order, outermost first, with the user behaviours inside them:
+`Logging → Tracing → Idempotency → RateLimit → ConcurrencyLimit → CircuitBreaker → Validation →
+DeadLetter → Retry → Timeout → Cache → user behaviours → handler`.
+
+None of them is implemented yet: each class takes and checks its settings, and says so with the
+class attribute `implemented = False`. `catga.Config.default()` leaves out every built-in that is
+not implemented, and a `catga.Mediator` whose config holds one raises `NotImplementedError` when it
+is built, so `catga.Mediator()` always works.
+
+>>> from catga.behaviors import Retry
+>>> Retry(max_attempts=5)
+Retry(max_attempts=5, base_delay=0.1, max_delay=10.0, jitter=0.15, retry_on=())
+>>> Retry(max_attempts=0)
+Traceback (most recent call last):
+...
+ValueError: `max_attempts` must be at least 1, got `0`
+"""
+
+from catga.behaviors._builtins import (
+    Cache,
+    CircuitBreaker,
+    ConcurrencyLimit,
+    DeadLetter,
+    Idempotency,
+    Logging,
+    RateLimit,
+    Retry,
+    Timeout,
+    Tracing,
+    Validation,
+)
+
+__all__ = [
+    "Cache",
+    "CircuitBreaker",
+    "ConcurrencyLimit",
+    "DeadLetter",
+    "Idempotency",
+    "Logging",
+    "RateLimit",
+    "Retry",
+    "Timeout",
+    "Tracing",
+    "Validation",
+]
+
+for _cls in (
+    Cache,
+    CircuitBreaker,
+    ConcurrencyLimit,
+    DeadLetter,
+    Idempotency,
+    Logging,
+    RateLimit,
+    Retry,
+    Timeout,
+    Tracing,
+    Validation,
+):
+    _cls.__module__ = __name__
+del _cls

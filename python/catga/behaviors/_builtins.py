@@ -1,0 +1,314 @@
+"""The settings of the built-in behaviours: constructors, parameter checks and reprs.
+
+Each class here is what a `catga.Config` field holds. The behaviour itself (the code that runs per
+message) lands with the issue that implements it, which flips `implemented` to `True`.
+"""
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import ClassVar
+
+__all__ = [
+    "BuiltinBehavior",
+    "Cache",
+    "CircuitBreaker",
+    "ConcurrencyLimit",
+    "DeadLetter",
+    "Idempotency",
+    "Logging",
+    "RateLimit",
+    "Retry",
+    "Timeout",
+    "Tracing",
+    "Validation",
+]
+
+Clock = Callable[[], float]
+"""Monotonic seconds, like `time.monotonic`: injectable so tests need not sleep."""
+
+
+class BuiltinBehavior:
+    """The base of the built-in behaviours' settings classes (private to catga)."""
+
+    __slots__ = ()
+
+    implemented: ClassVar[bool] = False
+    """Whether the behaviour runs. `False` for a built-in that has not landed yet."""
+
+    _params: ClassVar[tuple[str, ...]] = ()
+    """The constructor parameters shown by `repr`, in order."""
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._params)
+        return f"{type(self).__name__}({args})"
+
+
+# -------------------------------------------------------------------------------- parameter checks
+
+
+def _number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"`{name}` must be a number, got `{value!r}`")
+    return value
+
+
+def _positive(name: str, value: object) -> float:
+    number = _number(name, value)
+    if not number > 0:  # also rejects NaN
+        raise ValueError(f"`{name}` must be positive, got `{value!r}`")
+    return number
+
+
+def _non_negative(name: str, value: object) -> float:
+    number = _number(name, value)
+    if not number >= 0:
+        raise ValueError(f"`{name}` must be zero or positive, got `{value!r}`")
+    return number
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{name}` must be an int, got `{value!r}`")
+    if value <= 0:
+        raise ValueError(f"`{name}` must be positive, got `{value!r}`")
+    return value
+
+
+def _clock(value: object) -> Clock | None:
+    if value is not None and not callable(value):
+        raise TypeError(f"`clock` must be a callable returning monotonic seconds, got `{value!r}`")
+    return value
+
+
+def _level(value: object) -> int:
+    if isinstance(value, str):
+        number = logging.getLevelName(value.upper())
+        if isinstance(number, int):
+            return number
+    elif isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise ValueError(f"`level` must be a logging level (an int or a name like `INFO`), got `{value!r}`")
+
+
+def _exception_types(value: object) -> tuple[type[BaseException], ...]:
+    items: Iterable[object]
+    if isinstance(value, type):
+        items = (value,)
+    elif isinstance(value, Iterable):
+        items = value
+    else:
+        raise TypeError(f"`retry_on` must be an exception class or a tuple of them, got `{value!r}`")
+    types: list[type[BaseException]] = []
+    for item in items:
+        if not (isinstance(item, type) and issubclass(item, BaseException)):
+            raise TypeError(f"`retry_on` must hold exception classes, got `{item!r}`")
+        types.append(item)
+    return tuple(types)
+
+
+# ----------------------------------------------------------------------------------- the behaviours
+
+
+class Logging(BuiltinBehavior):
+    """Log every message on the `catga` logger at `level`, with its type, ids, duration and outcome.
+
+    >>> Logging(level="INFO").level
+    20
+    """
+
+    __slots__ = ("level",)
+    _params = ("level",)
+
+    level: int
+
+    def __init__(self, level: int | str = logging.DEBUG) -> None:
+        self.level = _level(level)
+
+
+class Tracing(BuiltinBehavior):
+    """Wrap every message in an OpenTelemetry span (a no-op until a tracer provider is set)."""
+
+    __slots__ = ()
+
+
+class Idempotency(BuiltinBehavior):
+    """Run a message (an event handler, for events) at most once per `message_id`, within `ttl` seconds.
+
+    A replay returns the stored result with `metadata["from_cache"] = True`; a duplicate still in
+    flight gets `Conflict`. `store=None` means the in-memory store.
+    """
+
+    __slots__ = ("clock", "store", "ttl")
+    _params = ("store", "ttl")
+
+    store: object | None
+    ttl: float
+    clock: Clock | None
+
+    def __init__(self, store: object | None = None, ttl: float = 86400.0, *, clock: Clock | None = None) -> None:
+        self.store = store
+        self.ttl = _positive("ttl", ttl)
+        self.clock = _clock(clock)
+
+
+class RateLimit(BuiltinBehavior):
+    """A token bucket: `rate` tokens per second, `burst` at most, starting full.
+
+    An empty bucket fails the message with `RateLimited`, or with `wait=True` waits for a token up
+    to `max_wait` seconds (`None`: as long as it takes). `per_type=True` keeps one bucket per type.
+    """
+
+    __slots__ = ("burst", "clock", "max_wait", "per_type", "rate", "wait")
+    _params = ("rate", "burst", "wait", "max_wait", "per_type")
+
+    rate: float
+    burst: float
+    wait: bool
+    max_wait: float | None
+    per_type: bool
+    clock: Clock | None
+
+    def __init__(
+        self,
+        rate: float,
+        burst: float,
+        wait: bool = False,
+        max_wait: float | None = None,
+        per_type: bool = False,
+        *,
+        clock: Clock | None = None,
+    ) -> None:
+        self.rate = _positive("rate", rate)
+        self.burst = _positive("burst", burst)
+        self.wait = bool(wait)
+        self.max_wait = None if max_wait is None else _positive("max_wait", max_wait)
+        self.per_type = bool(per_type)
+        self.clock = _clock(clock)
+
+
+class ConcurrencyLimit(BuiltinBehavior):
+    """At most `max_concurrent` messages in flight; waiting longer than `wait_timeout` fails with
+    `ConcurrencyLimited`."""
+
+    __slots__ = ("max_concurrent", "wait_timeout")
+    _params = ("max_concurrent", "wait_timeout")
+
+    max_concurrent: int
+    wait_timeout: float
+
+    def __init__(self, max_concurrent: int, wait_timeout: float = 5.0) -> None:
+        self.max_concurrent = _positive_int("max_concurrent", max_concurrent)
+        self.wait_timeout = _positive("wait_timeout", wait_timeout)
+
+
+class CircuitBreaker(BuiltinBehavior):
+    """Fail fast with `CircuitOpen` after `failure_threshold` consecutive failures of a type.
+
+    After `reset_timeout` seconds one probe is let through: success closes the circuit, failure
+    opens it again.
+    """
+
+    __slots__ = ("clock", "failure_threshold", "reset_timeout")
+    _params = ("failure_threshold", "reset_timeout")
+
+    failure_threshold: int
+    reset_timeout: float
+    clock: Clock | None
+
+    def __init__(self, failure_threshold: int = 5, reset_timeout: float = 30.0, *, clock: Clock | None = None) -> None:
+        self.failure_threshold = _positive_int("failure_threshold", failure_threshold)
+        self.reset_timeout = _positive("reset_timeout", reset_timeout)
+        self.clock = _clock(clock)
+
+
+class Validation(BuiltinBehavior):
+    """Check a message before its handler runs: registered validators, `validate(self)`, msgspec
+    constraints. Any error fails it with `ValidationError`."""
+
+    __slots__ = ()
+
+
+class DeadLetter(BuiltinBehavior):
+    """Record messages that finally failed (after retries) in `mediator.dead_letters`.
+
+    `store=None` keeps the last `max_size` records in memory.
+    """
+
+    __slots__ = ("max_size", "store")
+    _params = ("store", "max_size")
+
+    store: object | None
+    max_size: int
+
+    def __init__(self, store: object | None = None, max_size: int = 1000) -> None:
+        self.store = store
+        self.max_size = _positive_int("max_size", max_size)
+
+
+class Retry(BuiltinBehavior):
+    """Run a failing handler again, up to `max_attempts` attempts in total.
+
+    Retries retryable `CatgaError`s and the exception types in `retry_on`. The delay before attempt
+    `n + 1` is `base_delay * 2**(n-1)`, capped at `max_delay`, randomised by ±`jitter` (a fraction).
+
+    >>> Retry(retry_on=ConnectionError).retry_on
+    (<class 'ConnectionError'>,)
+    """
+
+    __slots__ = ("base_delay", "jitter", "max_attempts", "max_delay", "retry_on")
+    _params = ("max_attempts", "base_delay", "max_delay", "jitter", "retry_on")
+
+    max_attempts: int
+    base_delay: float
+    max_delay: float
+    jitter: float
+    retry_on: tuple[type[BaseException], ...]
+
+    def __init__(
+        self,
+        max_attempts: int = 3,
+        base_delay: float = 0.1,
+        max_delay: float = 10.0,
+        jitter: float = 0.15,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (),
+    ) -> None:
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int):
+            raise TypeError(f"`max_attempts` must be an int, got `{max_attempts!r}`")
+        if max_attempts < 1:
+            raise ValueError(f"`max_attempts` must be at least 1, got `{max_attempts!r}`")
+        self.max_attempts = max_attempts
+        self.base_delay = _non_negative("base_delay", base_delay)
+        self.max_delay = _non_negative("max_delay", max_delay)
+        self.jitter = _non_negative("jitter", jitter)
+        if self.jitter > 1:
+            raise ValueError(f"`jitter` must be a fraction between 0 and 1, got `{jitter!r}`")
+        self.retry_on = _exception_types(retry_on)
+
+
+class Timeout(BuiltinBehavior):
+    """Cancel a handler that runs longer than `seconds`; the caller gets `catga.Timeout`."""
+
+    __slots__ = ("seconds",)
+    _params = ("seconds",)
+
+    seconds: float
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = _positive("seconds", seconds)
+
+
+class Cache(BuiltinBehavior):
+    """Serve repeated queries of opted-in types from a cache (`__catga_cache_ttl__` on the class).
+
+    `store=None` means the in-memory store.
+    """
+
+    __slots__ = ("clock", "store")
+    _params = ("store",)
+
+    store: object | None
+    clock: Clock | None
+
+    def __init__(self, store: object | None = None, *, clock: Clock | None = None) -> None:
+        self.store = store
+        self.clock = _clock(clock)
