@@ -8,6 +8,8 @@ from contextvars import ContextVar
 from datetime import datetime
 from typing import Any, Final, final
 
+from typing_extensions import disjoint_base
+
 __version__: Final[str]
 
 CURRENT_MESSAGE: Final[ContextVar[object | None]]
@@ -90,6 +92,7 @@ Route = tuple[bool, tuple[tuple[Callable[[Any], Any], bool, bool], ...]]
 else the result. `with_context` sets `CURRENT_MESSAGE` while it runs.
 """
 
+@disjoint_base
 class Dispatcher:
     """The dispatch table and pipeline executor that `catga.Mediator` subclasses.
 

@@ -1,0 +1,114 @@
+# catga: the one entry point for building, testing and linting. `make help` lists the targets.
+#
+# Needs rustc/cargo and CPython >= 3.11; everything else goes into .venv. CI runs `.ci/run`, which
+# is `make test` with CATGA_REQUIRE_SERVICES=1; make passes that variable (like every variable of the
+# environment) to the tests unchanged. Extra arguments: `make test-python PYTEST_ARGS='-k cli'`,
+# `make bench BENCH_ARGS='-k send'` (and CATGA_BENCH_ROUNDS, see benches/test_mediator.py).
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+MAKEFLAGS += --no-builtin-rules --no-print-directory
+
+# rustup puts cargo in ~/.cargo/bin, which a non-login shell (CI) may not have on PATH.
+ifeq ($(shell command -v cargo 2>/dev/null),)
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+endif
+
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3 2>/dev/null)
+VENV := .venv
+PY := $(VENV)/bin/python
+DEPS_STAMP := $(VENV)/.deps-installed
+BUILD_STAMP := $(VENV)/.extension-built
+
+# Every cargo command sees the venv's interpreter, so pyo3's build script configures one Python
+# (and does not rebuild because PYO3_PYTHON changed between two commands).
+export PYO3_PYTHON := $(abspath $(PY))
+
+# The Rust inputs of the extension: a change to any of them rebuilds it.
+RUST_INPUTS := Cargo.toml $(wildcard Cargo.lock) $(shell find rust -name '*.rs' -o -name 'Cargo.toml' 2>/dev/null)
+# Rebuild also when the compiled module is gone from python/catga (e.g. after `git clean`).
+EXTENSION := $(wildcard python/catga/_catga*.so python/catga/_catga*.pyd)
+
+PYTEST := $(PY) -m pytest
+
+.PHONY: help
+help: ## Show this help
+	@echo "usage: make TARGET"
+	@echo
+	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(PY):
+	@test -n "$(PYTHON)" || { echo "error: no python3.11 or python3 on PATH" >&2; exit 1; }
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), f"catga needs CPython >= 3.11, found {sys.version.split()[0]}"'
+	$(PYTHON) -m venv $(VENV)
+
+# Runtime and dev dependencies, read from pyproject.toml; reinstalled only when it changes.
+$(DEPS_STAMP): pyproject.toml | $(PY)
+	$(PY) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["dev"]))' > $(VENV)/requirements-dev.txt
+	$(PY) -m pip install --quiet -r $(VENV)/requirements-dev.txt
+	touch $@
+
+# `maturin develop` compiles the extension into python/catga/ and installs catga into the venv in
+# editable mode, so Python edits need no rebuild. cargo keeps the build incremental.
+$(BUILD_STAMP): $(DEPS_STAMP) $(RUST_INPUTS) $(if $(EXTENSION),,FORCE)
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release --quiet
+	touch $@
+
+.PHONY: FORCE
+FORCE:
+
+.PHONY: venv
+venv: $(DEPS_STAMP) ## Create .venv with the runtime and dev dependencies
+
+.PHONY: build
+build: $(BUILD_STAMP) ## Build the Rust extension (release) into .venv
+
+.PHONY: demo
+demo: $(BUILD_STAMP) ## Run `catga demo`: a short in-process order example
+	$(VENV)/bin/catga demo
+
+# The issue that adds the first NATS/Redis/PostgreSQL tests adds a `services` target here (installing
+# nats-server, redis-server and postgresql from Debian when missing) and makes `test` depend on it.
+.PHONY: test
+test: $(BUILD_STAMP) ## Rust tests, lint, then the Python suite on both cores
+	$(MAKE) test-rust
+	$(MAKE) lint
+	$(MAKE) test-python
+
+.PHONY: test-rust
+test-rust: | $(PY) ## cargo test --workspace
+	LD_LIBRARY_PATH="$$($(PY) -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}" \
+		cargo test --workspace
+
+.PHONY: test-python
+test-python: $(BUILD_STAMP) ## pytest, once on the native core and once on the pure-Python core
+	CATGA_PURE_PYTHON=0 $(PYTEST) $(PYTEST_ARGS)
+	CATGA_PURE_PYTHON=1 $(PYTEST) $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: $(BUILD_STAMP) ## cargo fmt/clippy, ruff, mypy (strict) and stubtest
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	$(VENV)/bin/ruff check
+	$(VENV)/bin/ruff format --check
+	$(VENV)/bin/mypy
+	$(PY) -m mypy.stubtest catga._catga --allowlist .mypy-stubtest-allowlist
+
+.PHONY: format
+format: $(DEPS_STAMP) ## Format and autofix: cargo fmt, ruff
+	cargo fmt --all
+	$(VENV)/bin/ruff check --fix
+	$(VENV)/bin/ruff format
+
+.PHONY: bench
+bench: $(BUILD_STAMP) ## Benchmarks (benches/): both cores against the direct-await floor
+	$(PYTEST) benches --benchmark-enable --benchmark-disable-gc --benchmark-columns=median,iqr,rounds --benchmark-sort=name --timeout=0 $(BENCH_ARGS)
+
+.PHONY: clean
+clean: ## Remove build artefacts and caches (keeps .venv; `rm -rf .venv` for a fresh one)
+	cargo clean
+	rm -f $(BUILD_STAMP) python/catga/_catga*.so python/catga/_catga*.pyd
+	rm -rf dist build .pytest_cache .mypy_cache .ruff_cache .benchmarks
+	find python tests benches -name __pycache__ -type d -prune -exec rm -rf {} +

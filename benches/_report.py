@@ -1,0 +1,94 @@
+"""The measurements of one `make bench` session, and the table printed at its end.
+
+Every case is timed by pytest-benchmark; before each of its rounds, the same batch with nothing in
+it (`loop`) and the floors it is compared with run too, timed here. So a case and its floors are
+measured in alternation, under the same load, and the ratio of their medians holds up on a busy
+machine. The loop's cost (the `for`, `run_until_complete`) is subtracted from both first.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+
+# ns each user behaviour may add above the direct await of the handler (ARCHITECTURE.md targets).
+PER_BEHAVIOUR_NS = 110.0
+
+SCENARIOS = ("send", "send-3-behaviours", "publish-3", "new_id")
+CASES = ("floor", "dict", "catga-pure", "catga-rust")
+FLOOR_TEXT = {
+    "send": "`await handler(req)`",
+    "send-3-behaviours": "the same 3 behaviours + handler composed once, awaited directly",
+    "publish-3": "three direct awaits",
+    "new_id": "`time.time_ns()`",
+}
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Median ns per operation of one case, and of the reference batches run beside it."""
+
+    scenario: str
+    case: str
+    ns: float
+    references: dict[str, float]  # "loop", "floor" and, for send-3-behaviours, "send"
+
+    def net(self, name: str | None = None) -> float:
+        """ns/op of the case (or of a reference) less the loop's cost."""
+        value = self.ns if name is None else self.references[name]
+        return value - self.references["loop"]
+
+
+@dataclass(frozen=True)
+class Target:
+    text: str
+    met: Callable[[Measurement], bool]
+
+
+TARGETS: dict[tuple[str, str], Target] = {
+    ("send", "catga-rust"): Target("<= 1.5 x floor", lambda m: m.net() <= 1.5 * m.net("floor")),
+    ("send-3-behaviours", "catga-rust"): Target(
+        "<= await handler + 3 x 110 ns",
+        lambda m: m.net() <= m.net("send") + 3 * PER_BEHAVIOUR_NS,
+    ),
+    ("publish-3", "catga-rust"): Target("<= 1.15 x floor", lambda m: m.net() <= 1.15 * m.net("floor")),
+    ("new_id", "catga-rust"): Target("<= 60 ns", lambda m: m.net() <= 60.0),
+}
+
+RESULTS: list[Measurement] = []
+
+
+def write_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the table of every case measured in this session."""
+    if not RESULTS:
+        return
+    by_key = {(m.scenario, m.case): m for m in RESULTS}
+    write = terminalreporter.write_line
+    terminalreporter.section("catga: median ns per operation, against the floor measured alongside")
+    header = (
+        f"{'scenario':<18} {'case':<11} {'ns/op':>7} {'floor':>7} {'x floor':>7} {'overhead':>9}  {'target':<30} result"
+    )
+    write(header)
+    write("-" * len(header))
+    for scenario in SCENARIOS:
+        for case in CASES:
+            m = by_key.get((scenario, case))
+            if m is None:
+                continue
+            ns, floor = m.net(), m.net("floor")
+            target = TARGETS.get((scenario, case))
+            verdict = "" if target is None else "met" if target.met(m) else "MISSED"
+            write(
+                f"{scenario:<18} {case:<11} {ns:>7.1f} {floor:>7.1f} {ns / floor:>7.2f} {ns - floor:>+9.1f}  "
+                f"{target.text if target else '':<30} {verdict}"
+            )
+        pure, rust = by_key.get((scenario, "catga-pure")), by_key.get((scenario, "catga-rust"))
+        if pure is not None and rust is not None:
+            pure_overhead = pure.net() - pure.net("floor")
+            rust_overhead = rust.net() - rust.net("floor")
+            if rust_overhead > 0:
+                write(f"{'':<18} catga-rust adds {pure_overhead / rust_overhead:.1f} x less than catga-pure")
+        write("")
+    loops = [m.references["loop"] for m in RESULTS]
+    write(f"ns/op and floor are net of the empty batch's own cost ({min(loops):.1f}-{max(loops):.1f} ns/op).")
+    write("floors: " + "; ".join(f"{s}: {FLOOR_TEXT[s]}" for s in SCENARIOS))

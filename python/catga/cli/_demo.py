@@ -1,0 +1,28 @@
+"""`catga demo`: run the in-process order example of `catga._demo`."""
+
+import argparse
+import asyncio
+
+from catga.cli._common import Subparsers
+
+__all__ = ["add_parser"]
+
+
+def add_parser(commands: Subparsers) -> None:
+    demo = commands.add_parser(
+        "demo",
+        help="run a short in-process order example",
+        description=(
+            "Place an order through an in-process mediator and print each step: a user behaviour, "
+            "the handler, an event published to two handlers, a query, and the Result of a command "
+            "that fails."
+        ),
+    )
+    demo.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from catga._demo import run_demo
+
+    asyncio.run(run_demo())
+    return 0
