@@ -86,6 +86,8 @@ test-rust: | $(PY) ## cargo test --workspace
 test-python: $(BUILD_STAMP) ## pytest, once on the native core and once on the pure-Python core
 	CATGA_PURE_PYTHON=0 $(PYTEST) $(PYTEST_ARGS)
 	CATGA_PURE_PYTHON=1 $(PYTEST) $(PYTEST_ARGS)
+	@# The benches once each, untimed (~1 s), so that they cannot break unnoticed.
+	CATGA_BENCH_ROUNDS=3 $(PYTEST) benches -q --benchmark-disable
 
 .PHONY: lint
 lint: $(BUILD_STAMP) ## cargo fmt/clippy, ruff, mypy (strict) and stubtest
