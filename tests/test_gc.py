@@ -42,11 +42,11 @@ def test_a_mediator_in_a_cycle_with_its_handlers_is_collected() -> None:
     mediator.register(Pinged, service.pinged)
     mediator.add_behavior(_tally)
 
-    async def use() -> None:
+    async def use(mediator: catga.Mediator) -> None:
         assert await mediator.send(Ping()) == 1  # compiles the routes into the core's table
         await mediator.publish(Pinged())
 
-    asyncio.run(use())
+    asyncio.run(use(mediator))
     alive = weakref.ref(mediator)
     del mediator, service
     gc.collect()
