@@ -89,8 +89,42 @@ Route = tuple[bool, tuple[tuple[Callable[[Any], Any], bool, bool], ...]]
 """A compiled route: `(is_event, ((target, is_async, with_context), ...))`.
 
 `target(message)` runs the handler with its user behaviours and returns a coroutine when `is_async`,
-else the result. `with_context` sets `CURRENT_MESSAGE` while it runs.
+else the result. `with_context` sets `CURRENT_MESSAGE` while it runs. A handler entry may carry a
+fourth item, its `Hooks` (or `None`), see docs/internals.md.
 """
+
+@final
+class Hooks:
+    """The bookkeeping behaviours of one route handler, run by the core around its target.
+
+    Each argument is `None` when that behaviour is off for the route (docs/internals.md, "Built-in
+    behaviours"): `idempotency=(table, handler_key)`, `rate_limit=(bucket, wait, max_wait)`,
+    `concurrency=(limiter, permits_or_None)`, `breaker=breaker`, `cache=(table, group, key, ttl)`;
+    `errors` makes the errors they raise and is required when any is set.
+    """
+
+    def __init__(
+        self,
+        *,
+        idempotency: tuple[Any, int] | None = None,
+        rate_limit: tuple[Any, bool, float | None] | None = None,
+        concurrency: tuple[Any, Any] | None = None,
+        breaker: Any = None,
+        cache: tuple[Any, int, Callable[[Any], bytes], float] | None = None,
+        errors: Any = None,
+    ) -> None: ...
+    @property
+    def idempotency(self) -> tuple[Any, int] | None: ...
+    @property
+    def rate_limit(self) -> tuple[Any, bool, float | None] | None: ...
+    @property
+    def concurrency(self) -> tuple[Any, Any] | None: ...
+    @property
+    def breaker(self) -> Any: ...
+    @property
+    def cache(self) -> tuple[Any, int, Callable[[Any], bytes], float] | None: ...
+    @property
+    def errors(self) -> Any: ...
 
 @disjoint_base
 class Dispatcher:
@@ -105,6 +139,8 @@ class Dispatcher:
     def __new__(cls, *args: Any, **kwargs: Any) -> Dispatcher: ...
     def send(self, message: Any, /) -> Awaitable[Any]:
         """Run the handler of a request through its pipeline. Errors are raised on await."""
+    def send_meta(self, message: Any, /) -> Awaitable[tuple[Any, bool]]:
+        """`send`, resolving to `(result, from_cache)`: whether the result was stored, not computed."""
     def publish(self, event: Any, /) -> Awaitable[None]:
         """Run every handler of an event, in order; failures are raised together as `PublishError`."""
     def _route(self, message_type: type, /) -> Route:

@@ -14,6 +14,7 @@ __all__ = [
     "DEFAULT_EPOCH_MS",
     "PURE_PYTHON",
     "Dispatcher",
+    "Hooks",
     "IdGenerator",
     "IdParts",
     "Route",
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
         CURRENT_MESSAGE,
         DEFAULT_EPOCH_MS,
         Dispatcher,
+        Hooks,
         IdGenerator,
         IdParts,
         Route,
@@ -69,15 +71,7 @@ else:
 
     _impl, PURE_PYTHON = _load()
 
-    CURRENT_MESSAGE = _impl.CURRENT_MESSAGE
-    DEFAULT_EPOCH_MS = _impl.DEFAULT_EPOCH_MS
-    Dispatcher = _impl.Dispatcher
-    IdGenerator = _impl.IdGenerator
-    IdParts = _impl.IdParts
-    Route = _impl.Route
-    __version__ = _impl.__version__
-    default_generator = _impl.default_generator
-    new_id = _impl.new_id
-    parse_id = _impl.parse_id
+    # Every name of the interface (`__all__`, which the TYPE_CHECKING imports above mirror).
+    globals().update({name: getattr(_impl, name) for name in __all__ if name != "PURE_PYTHON"})
 
     del _impl, _load

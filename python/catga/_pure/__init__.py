@@ -5,13 +5,14 @@ Private: `catga._core` picks this package or the extension; import the public na
 
 from importlib.metadata import PackageNotFoundError, version
 
-from catga._pure._dispatch import CURRENT_MESSAGE, Dispatcher, Route
+from catga._pure._dispatch import CURRENT_MESSAGE, Dispatcher, Hooks, Route
 from catga._pure._ids import DEFAULT_EPOCH_MS, IdGenerator, IdParts, default_generator, new_id, parse_id
 
 __all__ = [
     "CURRENT_MESSAGE",
     "DEFAULT_EPOCH_MS",
     "Dispatcher",
+    "Hooks",
     "IdGenerator",
     "IdParts",
     "Route",

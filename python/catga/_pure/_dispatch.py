@@ -7,11 +7,13 @@ other case returns a small coroutine from a private `async def`, so failures sur
 `send`/`throw`/`close`, cancellation and the reuse error behave as for any coroutine.
 """
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any, Final, NoReturn
 
-__all__ = ["CURRENT_MESSAGE", "Dispatcher", "Route"]
+__all__ = ["CURRENT_MESSAGE", "Dispatcher", "Hooks", "Route"]
 
 CURRENT_MESSAGE: Final[ContextVar[object | None]] = ContextVar("catga_current_message", default=None)
 """The message whose handler is running, set by every pipeline that has behaviours."""
@@ -23,7 +25,57 @@ Route = tuple[bool, tuple[tuple[Callable[[Any], Any], bool, bool], ...]]
 else the result. `with_context` sets `CURRENT_MESSAGE` while it runs.
 """
 
-_Handler = tuple[Callable[[Any], Any], bool, bool]
+# A handler as the send path reads it: the route's entry with its hooks made explicit.
+_Handler = tuple[Callable[[Any], Any], bool, bool, "Hooks | None"]
+# The table's value: (is_event, handlers, the route `_compile_route` returned).
+_Compiled = tuple[bool, tuple[_Handler, ...], Route]
+
+_COMPLETED: Final = 2  # IdempotencyTable.claim statuses (the stores' CLAIMED / IN_FLIGHT / COMPLETED)
+_IN_FLIGHT: Final = 1
+
+_logger = logging.getLogger("catga")
+
+
+class Hooks:
+    """The bookkeeping behaviours of one route handler, run by the core around its target.
+
+    See docs/internals.md, "Built-in behaviours": each argument is `None` when that behaviour is off
+    for the route, and `errors` makes the errors the hooks raise.
+    """
+
+    __slots__ = ("breaker", "cache", "concurrency", "errors", "idempotency", "rate_limit")
+
+    def __init__(
+        self,
+        *,
+        idempotency: tuple[Any, int] | None = None,
+        rate_limit: tuple[Any, bool, float | None] | None = None,
+        concurrency: tuple[Any, Any] | None = None,
+        breaker: Any = None,
+        cache: tuple[Any, int, Callable[[Any], bytes], float] | None = None,
+        errors: Any = None,
+    ) -> None:
+        _check_hook("idempotency", idempotency, 2)
+        _check_hook("rate_limit", rate_limit, 3)
+        _check_hook("concurrency", concurrency, 2)
+        _check_hook("cache", cache, 4)
+        if errors is None and any(h is not None for h in (idempotency, rate_limit, concurrency, breaker, cache)):
+            raise TypeError("`Hooks` needs `errors` when any hook is set")
+        self.idempotency = idempotency
+        self.rate_limit = rate_limit
+        self.concurrency = concurrency
+        self.breaker = breaker
+        self.cache = cache
+        self.errors = errors
+
+    def __repr__(self) -> str:
+        on = [name for name in ("idempotency", "rate_limit", "concurrency", "breaker", "cache") if getattr(self, name)]
+        return f"Hooks({', '.join(on)})"
+
+
+def _check_hook(name: str, value: object, size: int) -> None:
+    if value is not None and not (isinstance(value, tuple) and len(value) == size):
+        raise TypeError(f"hook `{name}` must be a tuple of {size} items or None, got `{value!r}`")
 
 
 class Dispatcher:
@@ -38,7 +90,7 @@ class Dispatcher:
     # Subclasses get a `__dict__`; the route table is a slot so the hot path reads it fast.
     __slots__ = ("_catga_routes",)
 
-    _catga_routes: dict[type, Route]
+    _catga_routes: dict[type, _Compiled]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> "Dispatcher":
         # The arguments belong to the subclass's `__init__`.
@@ -58,7 +110,9 @@ class Dispatcher:
             return _raise(
                 TypeError(f"`{type(message).__qualname__}` is an event: publish it with `publish`, not `send`")
             )
-        target, is_async, with_context = route[1][0]
+        target, is_async, with_context, hooks = route[1][0]
+        if hooks is not None:
+            return _run_hooks(hooks, target, is_async, message, False)
         if with_context:
             return _with_context(target, is_async, message)
         if not is_async:
@@ -81,12 +135,26 @@ class Dispatcher:
             return _raise(TypeError(f"`{type(event).__qualname__}` is a request: send it with `send`, not `publish`"))
         return _publish_sequential(route[1], event)
 
+    def send_meta(self, message: Any, /) -> Awaitable[tuple[Any, bool]]:
+        """`send`, resolving to `(result, from_cache)`: whether the result was stored, not computed."""
+        route = self._catga_routes.get(type(message))
+        if route is None:
+            try:
+                route = _compile(self, type(message))
+            except BaseException as exc:
+                return _raise(exc)
+        if not route[0]:
+            target, is_async, _, hooks = route[1][0]
+            if hooks is not None:
+                return _run_hooks(hooks, target, is_async, message, True)
+        return _not_from_cache(self.send(message))
+
     def _route(self, message_type: type, /) -> Route:
         """The compiled route of a type (compiling it on a miss)."""
         route = self._catga_routes.get(message_type)
         if route is None:
             route = _compile(self, message_type)
-        return route
+        return route[2]
 
     def _invalidate(self) -> None:
         """Forget every compiled route."""
@@ -95,13 +163,21 @@ class Dispatcher:
         self._catga_routes = {}
 
 
-def _compile(dispatcher: Dispatcher, message_type: type) -> Route:
+def _compile(dispatcher: Dispatcher, message_type: type) -> _Compiled:
     routes = dispatcher._catga_routes
     # Defined by the subclass only (as for the native class): without it this is an AttributeError.
     route: Route = dispatcher._compile_route(message_type)  # type: ignore[attr-defined]
     _check_route(route, message_type)
-    routes[message_type] = route
-    return route
+    is_event, handlers = route
+    compiled: _Compiled = (is_event, tuple(_handler(entry) for entry in handlers), route)
+    routes[message_type] = compiled
+    return compiled
+
+
+def _handler(entry: tuple[Any, ...]) -> _Handler:
+    target, is_async, with_context, hooks = entry if len(entry) == 4 else (*entry, None)
+    # A route with hooks always runs with context (docs/internals.md).
+    return (target, is_async, with_context or hooks is not None, hooks)
 
 
 def _check_route(route: object, message_type: type) -> None:
@@ -125,14 +201,23 @@ def _route_problem(route: object) -> str | None:
     if not isinstance(handlers, tuple):
         return "`handlers` must be a tuple"
     for handler in handlers:
-        if not isinstance(handler, tuple):
-            return "each handler must be a tuple"
-        if len(handler) != 3:
-            return "each handler must be `(target, is_async, with_context)`"
-        if type(handler[1]) is not bool or type(handler[2]) is not bool:
-            return "handler flags must be bools"
+        problem = _handler_problem(handler)
+        if problem is not None:
+            return problem
     if not is_event and len(handlers) != 1:
         return "a request route needs exactly one handler"
+    return None
+
+
+def _handler_problem(handler: object) -> str | None:
+    if not isinstance(handler, tuple):
+        return "each handler must be a tuple"
+    if len(handler) not in (3, 4):
+        return "each handler must be `(target, is_async, with_context)` or `(..., hooks)`"
+    if type(handler[1]) is not bool or type(handler[2]) is not bool:
+        return "handler flags must be bools"
+    if len(handler) == 4 and handler[3] is not None and not isinstance(handler[3], Hooks):
+        return "`hooks` must be a `Hooks` or None"
     return None
 
 
@@ -156,10 +241,12 @@ async def _with_context(target: Callable[[Any], Any], is_async: bool, message: A
 
 async def _publish_sequential(handlers: tuple[_Handler, ...], event: Any) -> None:
     failures: list[Exception] | None = None
-    for target, is_async, with_context in handlers:
-        token = CURRENT_MESSAGE.set(event) if with_context else None
+    for target, is_async, with_context, hooks in handlers:
+        token = CURRENT_MESSAGE.set(event) if with_context and hooks is None else None
         try:
-            if is_async:
+            if hooks is not None:
+                await _run_hooks(hooks, target, is_async, event, False)
+            elif is_async:
                 await target(event)
             else:
                 target(event)
@@ -184,3 +271,138 @@ def _publish_error(event: Any, failures: list[Exception], total: int) -> Excepti
         f"`{len(failures)}` of `{total}` handlers of `{type(event).__qualname__}` failed",
         failures,
     )
+
+
+async def _not_from_cache(send: Awaitable[Any]) -> tuple[Any, bool]:
+    return (await send, False)
+
+
+async def _run_hooks(hooks: Hooks, target: Callable[[Any], Any], is_async: bool, message: Any, meta: bool) -> Any:
+    """Run a target inside its route's bookkeeping hooks: docs/internals.md, steps 1-7."""
+    errors = hooks.errors
+    claim = None
+    if hooks.idempotency is not None:
+        table, handler = hooks.idempotency
+        status, stored = table.claim(message.message_id, handler)
+        if status == _COMPLETED:
+            return (stored, True) if meta else stored
+        if status == _IN_FLIGHT:
+            raise errors.conflict(message)
+        claim = (table, message.message_id, handler)
+    held = _Held(claim)
+    try:
+        await held.enter(hooks, errors)
+        result, from_cache = await _run_cached(hooks.cache, target, is_async, message)
+    except BaseException as exc:
+        held.settle_failure(exc, errors)
+        raise
+    held.settle_success(result)
+    return (result, from_cache) if meta else result
+
+
+class _Held:
+    """What a send through hooks holds (a claim, a permit, the breaker's consent) until it ends."""
+
+    __slots__ = ("breaker", "claim", "permit")
+
+    def __init__(self, claim: tuple[Any, int, int] | None) -> None:
+        self.claim = claim
+        self.permit: tuple[Any, Any] | None = None
+        self.breaker: Any = None
+
+    async def enter(self, hooks: Hooks, errors: Any) -> None:
+        if hooks.rate_limit is not None:
+            await _take_token(hooks.rate_limit, errors)
+        if hooks.concurrency is not None:
+            await _take_permit(hooks.concurrency, errors)
+            self.permit = hooks.concurrency
+        if hooks.breaker is not None:
+            retry_after = hooks.breaker.allow()
+            if retry_after > 0.0:
+                raise errors.circuit_open(retry_after)
+            self.breaker = hooks.breaker
+
+    def settle_failure(self, exc: BaseException, errors: Any) -> None:
+        if self.breaker is not None:
+            # Cancellation and errors that do not count (validation, conflicts) free a half-open probe.
+            if isinstance(exc, Exception) and not errors.is_ignored(exc):
+                self.breaker.record_failure()
+            else:
+                self.breaker.record_ignored()
+        if self.permit is not None:
+            _release_permit(self.permit)
+        if self.claim is not None:
+            table, message_id, handler = self.claim
+            table.release(message_id, handler)
+
+    def settle_success(self, result: Any) -> None:
+        if self.breaker is not None:
+            self.breaker.record_success()
+        if self.permit is not None:
+            _release_permit(self.permit)
+        if self.claim is not None:
+            table, message_id, handler = self.claim
+            if not _keep("idempotency", table.complete, message_id, handler, result):
+                table.release(message_id, handler)
+
+
+async def _run_cached(
+    cache: tuple[Any, int, Callable[[Any], bytes], float] | None,
+    target: Callable[[Any], Any],
+    is_async: bool,
+    message: Any,
+) -> tuple[Any, bool]:
+    """The target's result and whether it came from the cache; a computed result is stored."""
+    if cache is not None:
+        table, group, key_of, ttl = cache
+        key = key_of(message)
+        hit, stored = table.get(group, key)
+        if hit:
+            return stored, True
+    token = CURRENT_MESSAGE.set(message)
+    try:
+        result = (await target(message)) if is_async else target(message)
+    finally:
+        CURRENT_MESSAGE.reset(token)
+    if cache is not None:
+        _keep("cache", table.put, group, key, result, ttl)
+    return result, False
+
+
+async def _take_token(rate_limit: tuple[Any, bool, float | None], errors: Any) -> None:
+    bucket, wait, max_wait = rate_limit
+    while True:
+        due = bucket.try_acquire(1)
+        if due == 0.0:
+            return
+        if not wait or (max_wait is not None and due > max_wait):
+            raise errors.rate_limited(due)
+        await asyncio.sleep(due)
+
+
+async def _take_permit(concurrency: tuple[Any, Any], errors: Any) -> None:
+    limiter, permits = concurrency
+    if limiter.try_acquire():
+        return
+    if permits is None:
+        limiter.note_rejected()
+        raise errors.concurrency_limited()
+    await permits.acquire()
+
+
+def _release_permit(concurrency: tuple[Any, Any]) -> None:
+    limiter, permits = concurrency
+    if permits is None:
+        limiter.release()
+    else:
+        permits.release()
+
+
+def _keep(store: str, put: Callable[..., object], *args: Any) -> bool:
+    """Store a result; a store that cannot keep it must not fail the send (issue 3, "Bad input")."""
+    try:
+        put(*args)
+    except Exception:
+        _logger.warning("the %s store could not keep a result; it is not cached", store, exc_info=True)
+        return False
+    return True

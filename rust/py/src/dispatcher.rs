@@ -46,6 +46,9 @@ fn send_route<'py>(route: &Route, message: &Bound<'py, PyAny>) -> PyResult<Bound
         return awaitable::fail(py, PyTypeError::new_err(send_of_event_message(&route.type_name)));
     }
     let handler = &route.handlers[0];
+    if let Some(hooks) = &handler.hooks {
+        return awaitable::hooked(py, hooks, &handler.target, message, handler.spec.is_async, false);
+    }
     match handler.mode {
         // NOTE: the handler's own coroutine goes back to the caller: no wrapper, no extra frame
         // (perf_design.md option "C core.send(req)": +22 ns over a direct await).
@@ -56,7 +59,7 @@ fn send_route<'py>(route: &Route, message: &Bound<'py, PyAny>) -> PyResult<Bound
             unsafe { Bound::from_owned_ptr_or_err(py, coroutine) }.or_else(|error| awaitable::fail(py, error))
         }
         Mode::CallLazily | Mode::Drive => {
-            awaitable::call(py, &handler.target, message, handler.spec.is_async, handler.spec.with_context)
+            awaitable::call(py, &handler.target, message, handler.spec.is_async, handler.spec.with_context, false)
         }
     }
 }
@@ -97,6 +100,26 @@ impl PyDispatcher {
             return awaitable::fail(py, PyTypeError::new_err(publish_of_request_message(&route.type_name)));
         }
         awaitable::publish(py, route, event)
+    }
+
+    /// `send`, resolving to `(result, from_cache)`: whether the result was stored, not computed.
+    #[pyo3(signature = (message, /))]
+    fn send_meta<'py>(slf: &Bound<'py, Self>, message: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let route = match Self::route(slf, &message.get_type()) {
+            Ok(route) => route,
+            Err(error) => return awaitable::fail(py, error),
+        };
+        if route.is_event {
+            return send_route(&route, message);
+        }
+        let handler = &route.handlers[0];
+        match &handler.hooks {
+            Some(hooks) => awaitable::hooked(py, hooks, &handler.target, message, handler.spec.is_async, true),
+            None => {
+                awaitable::call(py, &handler.target, message, handler.spec.is_async, handler.spec.with_context, true)
+            }
+        }
     }
 
     /// The compiled route of a type (compiling it on a miss).

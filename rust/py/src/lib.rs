@@ -6,6 +6,7 @@
 mod awaitable;
 mod dispatcher;
 mod errors;
+mod hooks;
 mod ids;
 mod raw;
 mod route;
@@ -18,6 +19,8 @@ mod _catga {
 
     #[pymodule_export]
     use crate::dispatcher::PyDispatcher;
+    #[pymodule_export]
+    use crate::hooks::PyHooks;
     #[pymodule_export]
     use crate::ids::{_after_fork_in_child, default_generator, new_id, parse_id, PyIdGenerator, PyIdParts};
 

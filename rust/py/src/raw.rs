@@ -36,6 +36,12 @@ impl Obj {
         self.0.as_ptr()
     }
 
+    /// The object as a `PyO3` reference (within an attached scope).
+    pub(crate) fn bind<'py>(&self, py: pyo3::Python<'py>) -> pyo3::Bound<'py, pyo3::PyAny> {
+        // SAFETY: `self` holds a strong reference for at least as long as the borrow.
+        unsafe { pyo3::Bound::from_borrowed_ptr(py, self.as_ptr()) }
+    }
+
     /// Give the reference away.
     pub(crate) fn into_ptr(self) -> *mut ffi::PyObject {
         let ptr = self.0.as_ptr();

@@ -7,9 +7,13 @@ use pyo3::types::{PyBool, PyTuple, PyType};
 use pyo3::PyTraverseError;
 use pyo3::PyVisit;
 
+use crate::hooks::PyHooks;
+
 /// One handler of a route.
 pub(crate) struct Handler {
     pub(crate) target: Py<PyAny>,
+    /// The handler's bookkeeping behaviours; a handler with hooks always runs with context.
+    pub(crate) hooks: Option<Py<PyHooks>>,
     pub(crate) spec: HandlerSpec,
     pub(crate) mode: Mode,
 }
@@ -47,9 +51,18 @@ impl Route {
             .iter()
             .map(|entry| {
                 let entry = entry.cast_into::<PyTuple>().map_err(|_| malformed("each handler must be a tuple"))?;
-                if entry.len() != 3 {
-                    return Err(malformed("each handler must be `(target, is_async, with_context)`"));
+                if entry.len() != 3 && entry.len() != 4 {
+                    return Err(malformed("each handler must be `(target, is_async, with_context)` or `(..., hooks)`"));
                 }
+                let hooks = match entry.get_item(3).ok().filter(|hooks| !hooks.is_none()) {
+                    None => None,
+                    Some(hooks) => Some(
+                        hooks
+                            .cast_into::<PyHooks>()
+                            .map_err(|_| malformed("`hooks` must be a `Hooks` or None"))?
+                            .unbind(),
+                    ),
+                };
                 let flag = |i| -> PyResult<bool> {
                     Ok(entry
                         .get_item(i)?
@@ -57,8 +70,8 @@ impl Route {
                         .map_err(|_| malformed("handler flags must be bools"))?
                         .is_true())
                 };
-                let spec = HandlerSpec { is_async: flag(1)?, with_context: flag(2)? };
-                Ok(Handler { target: entry.get_item(0)?.unbind(), spec, mode: Mode::of(spec) })
+                let spec = HandlerSpec { is_async: flag(1)?, with_context: flag(2)? || hooks.is_some() };
+                Ok(Handler { target: entry.get_item(0)?.unbind(), hooks, spec, mode: Mode::of(spec) })
             })
             .collect::<PyResult<Box<[Handler]>>>()?;
         if !is_event && handlers.len() != 1 {
@@ -76,6 +89,9 @@ impl Route {
     pub(crate) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.message_type)?;
         visit.call(&self.source)?;
-        self.handlers.iter().try_for_each(|handler| visit.call(&handler.target))
+        self.handlers.iter().try_for_each(|handler| {
+            visit.call(&handler.target)?;
+            handler.hooks.as_ref().map_or(Ok(()), |hooks| visit.call(hooks))
+        })
     }
 }

@@ -1,0 +1,489 @@
+//! `Hooks`: the bookkeeping behaviours of a route handler, and the run that applies them.
+//!
+//! A `HookedRun` is the state machine of one send through hooks (docs/internals.md, "Built-in
+//! behaviours", steps 1–7). It never blocks and never awaits by itself: when a step must wait (a
+//! rate-limit sleep, a permit, the target's coroutine) it hands the awaitable to the `Pending` that
+//! owns it, which drives it and reports back through `resume`. Invariant: whatever the run took (an
+//! idempotency claim, a permit, the breaker's consent, the context) it gives back exactly once, on
+//! success, failure, cancellation, or when it is abandoned unfinished.
+#![allow(unsafe_code)] // two raw calls: the context variable and handing objects to the awaitable
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyTuple};
+use pyo3::{intern, PyTraverseError, PyVisit};
+
+use crate::raw::{self, Obj};
+
+/// The bookkeeping behaviours of one route handler, run by the core around its target.
+#[pyclass(name = "Hooks", module = "catga._catga", frozen)]
+pub(crate) struct PyHooks {
+    idempotency: Option<Py<PyTuple>>,
+    rate_limit: Option<Py<PyTuple>>,
+    concurrency: Option<Py<PyTuple>>,
+    breaker: Option<Py<PyAny>>,
+    cache: Option<Py<PyTuple>>,
+    errors: Option<Py<PyAny>>,
+}
+
+fn hook_tuple(name: &str, value: Option<Bound<'_, PyAny>>, size: usize) -> PyResult<Option<Py<PyTuple>>> {
+    match value {
+        None => Ok(None),
+        Some(value) if value.is_none() => Ok(None),
+        Some(value) => match value.cast::<PyTuple>() {
+            Ok(tuple) if tuple.len() == size => Ok(Some(tuple.clone().unbind())),
+            _ => Err(PyTypeError::new_err(format!(
+                "hook `{name}` must be a tuple of {size} items or None, got `{}`",
+                value.repr().map_or_else(|_| "?".to_owned(), |r| r.to_string())
+            ))),
+        },
+    }
+}
+
+#[pymethods]
+impl PyHooks {
+    #[new]
+    #[pyo3(signature = (*, idempotency=None, rate_limit=None, concurrency=None, breaker=None, cache=None, errors=None))]
+    fn py_new(
+        idempotency: Option<Bound<'_, PyAny>>,
+        rate_limit: Option<Bound<'_, PyAny>>,
+        concurrency: Option<Bound<'_, PyAny>>,
+        breaker: Option<Bound<'_, PyAny>>,
+        cache: Option<Bound<'_, PyAny>>,
+        errors: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let hooks = Self {
+            idempotency: hook_tuple("idempotency", idempotency, 2)?,
+            rate_limit: hook_tuple("rate_limit", rate_limit, 3)?,
+            concurrency: hook_tuple("concurrency", concurrency, 2)?,
+            breaker: breaker.filter(|b| !b.is_none()).map(Bound::unbind),
+            cache: hook_tuple("cache", cache, 4)?,
+            errors: errors.filter(|e| !e.is_none()).map(Bound::unbind),
+        };
+        let any = hooks.idempotency.is_some()
+            || hooks.rate_limit.is_some()
+            || hooks.concurrency.is_some()
+            || hooks.breaker.is_some()
+            || hooks.cache.is_some();
+        if any && hooks.errors.is_none() {
+            return Err(PyTypeError::new_err("`Hooks` needs `errors` when any hook is set"));
+        }
+        Ok(hooks)
+    }
+
+    #[getter]
+    fn idempotency(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        self.idempotency.as_ref().map(|t| t.clone_ref(py))
+    }
+
+    #[getter]
+    fn rate_limit(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        self.rate_limit.as_ref().map(|t| t.clone_ref(py))
+    }
+
+    #[getter]
+    fn concurrency(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        self.concurrency.as_ref().map(|t| t.clone_ref(py))
+    }
+
+    #[getter]
+    fn breaker(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.breaker.as_ref().map(|b| b.clone_ref(py))
+    }
+
+    #[getter]
+    fn cache(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        self.cache.as_ref().map(|t| t.clone_ref(py))
+    }
+
+    #[getter]
+    fn errors(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.errors.as_ref().map(|e| e.clone_ref(py))
+    }
+
+    fn __repr__(&self) -> String {
+        let on: Vec<&str> = [
+            ("idempotency", self.idempotency.is_some()),
+            ("rate_limit", self.rate_limit.is_some()),
+            ("concurrency", self.concurrency.is_some()),
+            ("breaker", self.breaker.is_some()),
+            ("cache", self.cache.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect();
+        format!("Hooks({})", on.join(", "))
+    }
+
+    #[allow(clippy::needless_pass_by_value)] // the signature PyO3 requires
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        for tuple in [&self.idempotency, &self.rate_limit, &self.concurrency, &self.cache].into_iter().flatten() {
+            visit.call(tuple)?;
+        }
+        for object in [&self.breaker, &self.errors].into_iter().flatten() {
+            visit.call(object)?;
+        }
+        Ok(())
+    }
+}
+
+/// What a run asks of the awaitable that owns it.
+pub(crate) enum Step {
+    /// Drive this awaitable, then call `resume` with its outcome.
+    Await(Obj),
+    /// The send is over with this value.
+    Return(Obj),
+    /// The send failed with this error.
+    Raise(PyErr),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Start,
+    RateWait,
+    PermitWait,
+    Target,
+    Done,
+}
+
+/// One send through hooks.
+#[allow(clippy::struct_excessive_bools)] // four independent facts, not a state in disguise
+pub(crate) struct HookedRun {
+    hooks: Py<PyHooks>,
+    target: Py<PyAny>,
+    message: Py<PyAny>,
+    is_async: bool,
+    /// Resolve to `(result, from_cache)` instead of the result (`send_meta`).
+    meta: bool,
+    phase: Phase,
+    /// The message id, once this run holds the idempotency claim.
+    claim: Option<Py<PyAny>>,
+    permit: bool,
+    breaker: bool,
+    cache_key: Option<Py<PyAny>>,
+    token: Option<Obj>,
+}
+
+const COMPLETED: i64 = 2;
+const IN_FLIGHT: i64 = 1;
+
+fn asyncio_sleep(py: Python<'_>) -> PyResult<&Py<PyAny>> {
+    static SLEEP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    SLEEP.get_or_try_init(py, || Ok(py.import("asyncio")?.getattr("sleep")?.unbind()))
+}
+
+fn owned(object: Bound<'_, PyAny>) -> Obj {
+    // SAFETY: attached; `into_ptr` hands over a strong reference.
+    unsafe { Obj::from_owned(object.into_ptr()) }.expect("a live object")
+}
+
+impl HookedRun {
+    pub(crate) fn new(hooks: Py<PyHooks>, target: Py<PyAny>, message: Py<PyAny>, is_async: bool, meta: bool) -> Self {
+        Self {
+            hooks,
+            target,
+            message,
+            is_async,
+            meta,
+            phase: Phase::Start,
+            claim: None,
+            permit: false,
+            breaker: false,
+            cache_key: None,
+            token: None,
+        }
+    }
+
+    /// The first step.
+    pub(crate) fn start(&mut self, py: Python<'_>) -> Step {
+        match self.claim_and_enter(py) {
+            Ok(step) => step,
+            Err(error) => self.fail(py, error),
+        }
+    }
+
+    /// The awaitable handed out by the last `Step::Await` finished with `outcome`.
+    pub(crate) fn resume(&mut self, py: Python<'_>, outcome: PyResult<Bound<'_, PyAny>>) -> Step {
+        let result = match (self.phase, outcome) {
+            (Phase::RateWait, Ok(_)) => self.enter(py),
+            (Phase::PermitWait, Ok(_)) => {
+                self.permit = true;
+                self.enter(py)
+            }
+            (Phase::Target, Ok(value)) => {
+                self.leave_context();
+                return self.succeed(py, value, false);
+            }
+            (Phase::Target, Err(error)) => {
+                self.leave_context();
+                Err(error)
+            }
+            (_, Err(error)) => Err(error),
+            (phase, Ok(_)) => unreachable!("resumed in phase {}", phase as u8),
+        };
+        result.unwrap_or_else(|error| self.fail(py, error))
+    }
+
+    /// The owner stops before the run ended (closed, or collected while suspended): give back
+    /// what was taken, as for a cancellation.
+    pub(crate) fn abandon(&mut self, py: Python<'_>) {
+        if self.phase != Phase::Done {
+            self.leave_context();
+            let _ = self.settle_failure(py, false);
+            self.phase = Phase::Done;
+        }
+    }
+
+    /// A new reference to the hooks, so that `self` stays free to change while they are read.
+    fn hooks(&self, py: Python<'_>) -> Py<PyHooks> {
+        self.hooks.clone_ref(py)
+    }
+
+    fn errors<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
+        self.hooks.get().errors.as_ref().expect("checked when the hooks were made").bind(py).clone()
+    }
+
+    /// Step 1, then the rest of the entry.
+    fn claim_and_enter(&mut self, py: Python<'_>) -> PyResult<Step> {
+        let hooks = self.hooks(py);
+        if let Some(idempotency) = &hooks.get().idempotency {
+            let (table, handler) = (idempotency.bind(py).get_item(0)?, idempotency.bind(py).get_item(1)?);
+            let message_id = self.message.bind(py).getattr(intern!(py, "message_id"))?;
+            let claimed = table.call_method1(intern!(py, "claim"), (&message_id, &handler))?;
+            let (status, stored): (i64, Bound<'_, PyAny>) = claimed.extract()?;
+            if status == COMPLETED {
+                self.phase = Phase::Done;
+                return Ok(Step::Return(self.output(py, stored, true)?));
+            }
+            if status == IN_FLIGHT {
+                self.phase = Phase::Done;
+                let error = self.errors(py).call_method1(intern!(py, "conflict"), (self.message.bind(py),))?;
+                return Ok(Step::Raise(PyErr::from_value(error)));
+            }
+            self.claim = Some(message_id.unbind());
+        }
+        self.enter(py)
+    }
+
+    /// Steps 2–6, from wherever the run stands.
+    fn enter(&mut self, py: Python<'_>) -> PyResult<Step> {
+        let hooks = self.hooks(py);
+        let hooks = hooks.get();
+        if let (Some(rate_limit), false) = (&hooks.rate_limit, self.permit || self.breaker) {
+            if let Some(step) = self.take_token(py, rate_limit.bind(py))? {
+                return Ok(step);
+            }
+        }
+        if let (Some(concurrency), false) = (&hooks.concurrency, self.permit) {
+            if let Some(step) = self.take_permit(py, concurrency.bind(py))? {
+                return Ok(step);
+            }
+        }
+        if let Some(breaker) = &hooks.breaker {
+            let retry_after: f64 = breaker.bind(py).call_method0(intern!(py, "allow"))?.extract()?;
+            if retry_after > 0.0 {
+                let error = self.errors(py).call_method1(intern!(py, "circuit_open"), (retry_after,))?;
+                return Err(PyErr::from_value(error));
+            }
+            self.breaker = true;
+        }
+        if let Some(cache) = &hooks.cache {
+            let (table, group, key_of) =
+                (cache.bind(py).get_item(0)?, cache.bind(py).get_item(1)?, cache.bind(py).get_item(2)?);
+            let key = key_of.call1((self.message.bind(py),))?;
+            let looked_up = table.call_method1(intern!(py, "get"), (&group, &key))?;
+            self.cache_key = Some(key.unbind());
+            let (hit, stored): (bool, Bound<'_, PyAny>) = looked_up.extract()?;
+            if hit {
+                return Ok(self.succeed(py, stored, true));
+            }
+        }
+        self.run_target(py)
+    }
+
+    /// Step 2: `None` when a token was taken, else the sleep to wait first.
+    fn take_token(&mut self, py: Python<'_>, rate_limit: &Bound<'_, PyTuple>) -> PyResult<Option<Step>> {
+        let bucket = rate_limit.get_item(0)?;
+        let wait = rate_limit.get_item(1)?.is_truthy()?;
+        let max_wait: Option<f64> = rate_limit.get_item(2)?.extract()?;
+        let due: f64 = bucket.call_method1(intern!(py, "try_acquire"), (1,))?.extract()?;
+        if due <= 0.0 {
+            return Ok(None);
+        }
+        if !wait || max_wait.is_some_and(|max| due > max) {
+            let error = self.errors(py).call_method1(intern!(py, "rate_limited"), (due,))?;
+            return Err(PyErr::from_value(error));
+        }
+        self.phase = Phase::RateWait;
+        Ok(Some(Step::Await(owned(asyncio_sleep(py)?.bind(py).call1((due,))?))))
+    }
+
+    /// Step 3: `None` when a permit was taken, else the wait for one.
+    fn take_permit(&mut self, py: Python<'_>, concurrency: &Bound<'_, PyTuple>) -> PyResult<Option<Step>> {
+        let (limiter, permits) = (concurrency.get_item(0)?, concurrency.get_item(1)?);
+        if limiter.call_method0(intern!(py, "try_acquire"))?.is_truthy()? {
+            self.permit = true;
+            return Ok(None);
+        }
+        if permits.is_none() {
+            limiter.call_method0(intern!(py, "note_rejected"))?;
+            let error = self.errors(py).call_method0(intern!(py, "concurrency_limited"))?;
+            return Err(PyErr::from_value(error));
+        }
+        self.phase = Phase::PermitWait;
+        Ok(Some(Step::Await(owned(permits.call_method0(intern!(py, "acquire"))?))))
+    }
+
+    /// Step 6: call the target with the context set.
+    fn run_target(&mut self, py: Python<'_>) -> PyResult<Step> {
+        let current = raw::names().current_message.as_ptr();
+        // SAFETY: attached; both are live objects.
+        self.token = unsafe { raw::context_set(current, self.message.as_ptr()) };
+        if self.token.is_none() {
+            return Err(PyErr::fetch(py));
+        }
+        let result = self.target.bind(py).call1((self.message.bind(py),));
+        match result {
+            Ok(awaitable) if self.is_async => {
+                self.phase = Phase::Target;
+                Ok(Step::Await(owned(awaitable)))
+            }
+            Ok(value) => {
+                self.leave_context();
+                Ok(self.succeed(py, value, false))
+            }
+            Err(error) => {
+                self.leave_context();
+                Err(error)
+            }
+        }
+    }
+
+    fn leave_context(&mut self) {
+        if let Some(token) = self.token.take() {
+            // SAFETY: attached (every caller runs inside `Python::attach` or a PyO3 method).
+            unsafe { raw::context_reset(raw::names().current_message.as_ptr(), token) };
+        }
+    }
+
+    /// Step 7 on success.
+    fn succeed(&mut self, py: Python<'_>, value: Bound<'_, PyAny>, from_cache: bool) -> Step {
+        let settled = (|| -> PyResult<()> {
+            let hooks = self.hooks(py);
+            let hooks = hooks.get();
+            if let (Some(cache), Some(key), false) = (&hooks.cache, &self.cache_key, from_cache) {
+                let cache = cache.bind(py);
+                let (table, group, ttl) = (cache.get_item(0)?, cache.get_item(1)?, cache.get_item(3)?);
+                keep(py, "cache", table.call_method1(intern!(py, "put"), (&group, key.bind(py), &value, &ttl)));
+            }
+            if self.breaker {
+                self.breaker = false;
+                hooks.breaker.as_ref().expect("set").bind(py).call_method0(intern!(py, "record_success"))?;
+            }
+            self.release_permit(py)?;
+            if let (Some(idempotency), Some(message_id)) = (&hooks.idempotency, self.claim.take()) {
+                let (table, handler) = (idempotency.bind(py).get_item(0)?, idempotency.bind(py).get_item(1)?);
+                let completed = table.call_method1(intern!(py, "complete"), (&message_id, &handler, &value));
+                if !keep(py, "idempotency", completed) {
+                    table.call_method1(intern!(py, "release"), (&message_id, &handler))?;
+                }
+            }
+            Ok(())
+        })();
+        self.phase = Phase::Done;
+        match settled.and_then(|()| self.output(py, value, from_cache)) {
+            Ok(output) => Step::Return(output),
+            Err(error) => Step::Raise(error),
+        }
+    }
+
+    /// Step 7 on failure: give everything back, then raise `error`.
+    fn fail(&mut self, py: Python<'_>, error: PyErr) -> Step {
+        let counts = error.is_instance_of::<pyo3::exceptions::PyException>(py)
+            && !self
+                .errors(py)
+                .call_method1(intern!(py, "is_ignored"), (error.value(py),))
+                .and_then(|r| r.is_truthy())
+                .unwrap_or(false);
+        let settled = self.settle_failure(py, counts);
+        self.phase = Phase::Done;
+        match settled {
+            Ok(()) => Step::Raise(error),
+            Err(settle_error) => {
+                settle_error.set_cause(py, Some(error));
+                Step::Raise(settle_error)
+            }
+        }
+    }
+
+    fn settle_failure(&mut self, py: Python<'_>, counts: bool) -> PyResult<()> {
+        let hooks = self.hooks(py);
+        let hooks = hooks.get();
+        if self.breaker {
+            self.breaker = false;
+            let record = if counts { intern!(py, "record_failure") } else { intern!(py, "record_ignored") };
+            hooks.breaker.as_ref().expect("set").bind(py).call_method0(record)?;
+        }
+        self.release_permit(py)?;
+        if let (Some(idempotency), Some(message_id)) = (&hooks.idempotency, self.claim.take()) {
+            let (table, handler) = (idempotency.bind(py).get_item(0)?, idempotency.bind(py).get_item(1)?);
+            table.call_method1(intern!(py, "release"), (&message_id, &handler))?;
+        }
+        Ok(())
+    }
+
+    fn release_permit(&mut self, py: Python<'_>) -> PyResult<()> {
+        if !self.permit {
+            return Ok(());
+        }
+        self.permit = false;
+        let hooks = self.hooks(py);
+        let concurrency = hooks.get().concurrency.as_ref().expect("set").bind(py);
+        let (limiter, permits) = (concurrency.get_item(0)?, concurrency.get_item(1)?);
+        let owner = if permits.is_none() { limiter } else { permits };
+        owner.call_method0(intern!(py, "release"))?;
+        Ok(())
+    }
+
+    fn output(&self, py: Python<'_>, value: Bound<'_, PyAny>, from_cache: bool) -> PyResult<Obj> {
+        if self.meta {
+            Ok(owned(PyTuple::new(py, [value, PyBool::new(py, from_cache).to_owned().into_any()])?.into_any()))
+        } else {
+            Ok(owned(value))
+        }
+    }
+
+    /// Visit the references this run owns (for the owner's GC traversal).
+    pub(crate) fn objects(&self) -> impl Iterator<Item = *mut pyo3::ffi::PyObject> + '_ {
+        [Some(self.hooks.as_ptr()), Some(self.target.as_ptr()), Some(self.message.as_ptr())]
+            .into_iter()
+            .chain([self.claim.as_ref().map(Py::as_ptr), self.cache_key.as_ref().map(Py::as_ptr)])
+            .chain([self.token.as_ref().map(Obj::as_ptr)])
+            .flatten()
+    }
+}
+
+/// A store that cannot keep a result must not fail the send: log a warning, cache nothing.
+fn keep(py: Python<'_>, store: &str, outcome: PyResult<Bound<'_, PyAny>>) -> bool {
+    match outcome {
+        Ok(_) => true,
+        Err(error) => {
+            let logged = (|| -> PyResult<()> {
+                let logger = py.import("logging")?.call_method1("getLogger", ("catga",))?;
+                let kwargs = pyo3::types::PyDict::new(py);
+                kwargs.set_item("exc_info", error.value(py))?;
+                logger.call_method(
+                    "warning",
+                    ("the %s store could not keep a result; it is not cached", store),
+                    Some(&kwargs),
+                )?;
+                Ok(())
+            })();
+            if let Err(log_error) = logged {
+                log_error.write_unraisable(py, None);
+            }
+            false
+        }
+    }
+}
