@@ -103,8 +103,8 @@ class Hooks:
     `errors` makes the errors they raise and is required when any is set.
     """
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         *,
         idempotency: tuple[Any, int] | None = None,
         rate_limit: tuple[Any, bool, float | None] | None = None,
@@ -112,7 +112,7 @@ class Hooks:
         breaker: Any = None,
         cache: tuple[Any, int, Callable[[Any], bytes], float] | None = None,
         errors: Any = None,
-    ) -> None: ...
+    ) -> Hooks: ...
     @property
     def idempotency(self) -> tuple[Any, int] | None: ...
     @property
