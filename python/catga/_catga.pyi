@@ -147,3 +147,236 @@ class Dispatcher:
         """The compiled route of a type (compiling it on a miss)."""
     def _invalidate(self) -> None:
         """Forget every compiled route."""
+
+# ------------------------------------------------------------------- idempotency and cache tables
+
+CLAIMED: Final[int]
+"""`IdempotencyTable.claim` status: the caller now owns the key and must `complete` or `release` it."""
+
+IN_FLIGHT: Final[int]
+"""`IdempotencyTable.claim` status: another caller holds the claim and has not finished."""
+
+COMPLETED: Final[int]
+"""`IdempotencyTable.claim` status: the handler ran already; the result comes with it."""
+
+def handler_key(name: str) -> int:
+    """The 64-bit key of an event handler for the idempotency table.
+
+    FNV-1a of the UTF-8 bytes of its qualified name: the same in every process and version (never 0,
+    which means "a request").
+    """
+
+@final
+class IdempotencyTable:
+    """A sharded, bounded table of idempotency claims and results.
+
+    Keys are `(message_id, handler)`: handler 0 for a request, `handler_key(qualified name)` for an
+    event handler. An entry expires `ttl` seconds after it was claimed or completed (an expired entry
+    counts as absent; expired entries are swept as new ones come in). Capacity is per shard
+    (`ceil(max_entries / shards)`); a full shard evicts its oldest completed entry, and only when all
+    its entries are in flight, its oldest claim. `clock` returns monotonic seconds (for tests; the
+    default is the process's monotonic clock). Invalid arguments raise `ValueError` naming them.
+
+    >>> table = IdempotencyTable(ttl=60.0)
+    >>> table.claim(42)
+    (0, None)
+    >>> table.complete(42, 0, "done")
+    >>> table.claim(42)
+    (2, 'done')
+    """
+
+    def __new__(
+        cls,
+        max_entries: int = 100000,
+        ttl: float = 86400.0,
+        shards: int | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> IdempotencyTable: ...
+    def claim(self, message_id: int, handler: int = 0) -> tuple[int, Any]:
+        """`(CLAIMED, None)`: the caller runs the handler and must `complete` or `release`;
+        `(IN_FLIGHT, None)`: another caller is running it; `(COMPLETED, result)`: it ran already."""
+    def complete(self, message_id: int, handler: int, result: Any) -> None:
+        """Store the result of a claimed key; it is returned by `claim` until `ttl` from now.
+
+        Stored whatever became of the claim (expired, evicted, released): the handler did run.
+        """
+    def release(self, message_id: int, handler: int = 0) -> None:
+        """Drop the claim of a key whose handler failed; a completed entry is left alone."""
+    @property
+    def hits(self) -> int:
+        """Claims that found a completed entry."""
+    @property
+    def misses(self) -> int:
+        """Claims that found nothing (or an expired entry) and so were granted."""
+    @property
+    def evictions(self) -> int:
+        """Live entries dropped to make room."""
+    @property
+    def max_entries(self) -> int:
+        """The capacity asked for (each shard holds `ceil(max_entries / shards)`)."""
+    @property
+    def ttl(self) -> float:
+        """Seconds an entry lives after it was claimed or completed."""
+    @property
+    def shards(self) -> int:
+        """The number of shards, a power of two."""
+    def __len__(self) -> int:
+        """Entries held, expired ones not yet swept included."""
+    def clear(self) -> None:
+        """Drop every entry (the counters stay)."""
+    def purge_expired(self) -> int:
+        """Drop every expired entry now; returns how many were dropped."""
+
+@final
+class CacheTable:
+    """A bounded cache of query results with a TTL per entry.
+
+    Entries are keyed by `(group, key bytes)`: the query type and its encoded fields. An expired
+    entry counts as absent; a full cache evicts the entry put longest ago. `clock` returns monotonic
+    seconds (for tests; the default is the process's monotonic clock).
+
+    >>> cache = CacheTable()
+    >>> cache.put(1, b"order-1", {"total": 3}, ttl=30.0)
+    >>> cache.get(1, b"order-1")
+    (True, {'total': 3})
+    """
+
+    def __new__(cls, max_entries: int = 10000, clock: Callable[[], float] | None = None) -> CacheTable: ...
+    def get(self, group: int, key: bytes) -> tuple[bool, Any]:
+        """`(True, value)` when `(group, key)` holds a live entry, else `(False, None)`."""
+    def put(self, group: int, key: bytes, value: Any, ttl: float) -> None:
+        """Cache `value` under `(group, key)` for `ttl` seconds, replacing what was there."""
+    def invalidate_group(self, group: int) -> int:
+        """Drop every entry of `group`; returns how many were dropped."""
+    def invalidate_where(self, group: int, predicate: Callable[[bytes], bool]) -> int:
+        """Drop the entries of `group` whose key bytes `predicate` is true for; returns how many.
+
+        The predicate runs outside the cache's lock, on a snapshot of the group's keys; if it raises,
+        nothing is dropped.
+        """
+    @property
+    def hits(self) -> int:
+        """Lookups that found a live entry."""
+    @property
+    def misses(self) -> int:
+        """Lookups that found nothing or an expired entry."""
+    @property
+    def evictions(self) -> int:
+        """Live entries dropped to make room."""
+    @property
+    def max_entries(self) -> int:
+        """The most entries the cache holds."""
+    def __len__(self) -> int:
+        """Entries held, expired ones not yet swept included."""
+    def clear(self) -> None:
+        """Drop every entry (the counters stay)."""
+    def purge_expired(self) -> int:
+        """Drop every expired entry now; returns how many were dropped."""
+
+# ------------------------------------------------------------------- limiters and circuit breaker
+# `clock`: a callable returning monotonic seconds (for tests); `None` is the process's monotonic
+# clock (in the native core `std::time::Instant`, read without a Python call). Times are counted
+# in whole nanoseconds from the first reading.
+
+@final
+class TokenBucket:
+    """A lock-free token bucket: `rate` tokens per second, at most `burst`, starting full.
+
+    Refill is continuous and exact: over any span of `T` seconds the tokens granted never exceed
+    `burst + rate * T`, and a caller that keeps asking gets each token at the nanosecond it is due
+    (no fraction is lost to rounding). `0 < rate <= 1e9`; `burst > 0`. A clock that steps back makes
+    the bucket wait for it to catch up; it never over-grants.
+
+    >>> bucket = TokenBucket(rate=1.0, burst=2.0)
+    >>> bucket.try_acquire(), bucket.try_acquire(), bucket.try_acquire() > 0
+    (0.0, 0.0, True)
+    """
+
+    def __new__(cls, rate: float, burst: float, clock: Callable[[], float] | None = None) -> TokenBucket: ...
+    def try_acquire(self, n: int = 1) -> float:
+        """Take `n` tokens: `0.0` when taken, else the seconds until `n` are available (> 0, nothing
+        taken). `n` above the burst can never succeed and raises `ValueError`."""
+    @property
+    def available(self) -> float:
+        """Tokens available now, in `[0, burst]`."""
+    @property
+    def rate(self) -> float:
+        """Tokens per second."""
+    @property
+    def burst(self) -> float:
+        """The capacity in tokens."""
+
+@final
+class ConcurrencyLimiter:
+    """At most `max_concurrent` permits out at once, with counters; lock-free.
+
+    Waiting for a permit is the caller's business; `note_rejected` counts the callers that gave up.
+    Releasing more permits than were acquired is a bug (`in_flight` stays at 0).
+
+    >>> limiter = ConcurrencyLimiter(1)
+    >>> limiter.try_acquire(), limiter.try_acquire()
+    (True, False)
+    """
+
+    def __new__(cls, max_concurrent: int) -> ConcurrencyLimiter: ...
+    def try_acquire(self) -> bool:
+        """Take a permit if one is free."""
+    def release(self) -> None:
+        """Give a permit back."""
+    def note_rejected(self) -> None:
+        """Count a caller that gave up waiting for a permit."""
+    @property
+    def in_flight(self) -> int:
+        """Permits out now."""
+    @property
+    def rejected(self) -> int:
+        """Callers that gave up, as reported by `note_rejected`."""
+    @property
+    def max_concurrent(self) -> int:
+        """The number of permits."""
+
+@final
+class CircuitBreaker:
+    """A lock-free circuit breaker: closed, open, half-open with a single probe (API.md section 6).
+
+    `failure_threshold` failures in a row open it; a success while closed resets the count. Open, it
+    refuses calls until `reset_timeout` seconds have passed; then the first `allow()` is the probe
+    (half-open) and every other caller is refused. The probe's success closes it, its failure
+    reopens it at once; an ignored outcome frees the probe slot. A probe that never reports is
+    presumed lost `reset_timeout` after it started. A clock that steps back never keeps it open
+    longer than `reset_timeout` on the clock as it then reads.
+
+    >>> breaker = CircuitBreaker(failure_threshold=1, reset_timeout=30.0)
+    >>> breaker.record_failure()
+    >>> breaker.state, breaker.allow() > 0
+    ('open', True)
+    """
+
+    def __new__(
+        cls, failure_threshold: int = 5, reset_timeout: float = 30.0, clock: Callable[[], float] | None = None
+    ) -> CircuitBreaker: ...
+    def allow(self) -> float:
+        """`0.0` when the call may go ahead (in half-open, as the probe), else the seconds to wait."""
+    def record_success(self) -> None:
+        """The call succeeded: closed → count reset; half-open → closed; open → nothing."""
+    def record_failure(self) -> None:
+        """The call failed: closed → count + 1, opening at the threshold; half-open → open again
+        from now; open → nothing."""
+    def record_ignored(self) -> None:
+        """The call ended in a way that says nothing about the downstream (a validation error, a
+        conflict, a cancellation): half-open frees the probe slot; otherwise nothing."""
+    @property
+    def state(self) -> str:
+        """`"closed"`, `"open"` or `"half_open"`."""
+    @property
+    def consecutive_failures(self) -> int:
+        """Failures in a row while closed; `failure_threshold` while open or half-open."""
+    @property
+    def state_changes(self) -> int:
+        """Transitions between states so far."""
+    @property
+    def failure_threshold(self) -> int:
+        """Consecutive failures that open the circuit."""
+    @property
+    def reset_timeout(self) -> float:
+        """Seconds from opening until a probe is let through."""

@@ -10,16 +10,25 @@ import warnings
 from typing import TYPE_CHECKING
 
 __all__ = [
+    "CLAIMED",
+    "COMPLETED",
     "CURRENT_MESSAGE",
     "DEFAULT_EPOCH_MS",
+    "IN_FLIGHT",
     "PURE_PYTHON",
+    "CacheTable",
+    "CircuitBreaker",
+    "ConcurrencyLimiter",
     "Dispatcher",
     "Hooks",
     "IdGenerator",
     "IdParts",
+    "IdempotencyTable",
     "Route",
+    "TokenBucket",
     "__version__",
     "default_generator",
+    "handler_key",
     "new_id",
     "parse_id",
 ]
@@ -27,15 +36,24 @@ __all__ = [
 if TYPE_CHECKING:
     # Type checkers see the interface the stub declares; both cores implement it.
     from catga._catga import (
+        CLAIMED,
+        COMPLETED,
         CURRENT_MESSAGE,
         DEFAULT_EPOCH_MS,
+        IN_FLIGHT,
+        CacheTable,
+        CircuitBreaker,
+        ConcurrencyLimiter,
         Dispatcher,
         Hooks,
+        IdempotencyTable,
         IdGenerator,
         IdParts,
         Route,
+        TokenBucket,
         __version__,
         default_generator,
+        handler_key,
         new_id,
         parse_id,
     )

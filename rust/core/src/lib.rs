@@ -4,12 +4,24 @@
 //! The split keeps the hot-path logic testable without an interpreter and makes the compiler
 //! enforce that no Python object leaks into the core.
 
+pub mod breaker;
+pub mod cache;
+pub mod concurrency;
 pub mod dispatch;
 pub mod error;
+pub mod idempotency;
 pub mod ids;
+pub mod limiter;
+pub mod monotonic;
 pub mod pipeline;
 
+pub use breaker::{BreakerState, CircuitBreaker};
+pub use cache::CacheTable;
+pub use concurrency::ConcurrencyLimiter;
 pub use dispatch::DispatchTable;
 pub use error::CoreError;
+pub use idempotency::{handler_key, Claim, IdempotencyTable, Key};
 pub use ids::{Clock, IdGenerator, IdParts, Layout, SystemClock, DEFAULT_EPOCH_MS, DEFAULT_LAYOUT};
+pub use limiter::TokenBucket;
+pub use monotonic::Monotonic;
 pub use pipeline::{FanOut, FanOutOutcome, HandlerSpec, Mode, Stage};

@@ -11,7 +11,8 @@ pub(crate) fn to_py(error: CoreError) -> PyErr {
         | CoreError::InvalidWorkerId { .. }
         | CoreError::InvalidEpoch { .. }
         | CoreError::InvalidCount { .. }
-        | CoreError::InvalidId { .. } => PyValueError::new_err(error.to_string()),
+        | CoreError::InvalidId { .. }
+        | CoreError::InvalidArgument { .. } => PyValueError::new_err(error.to_string()),
         CoreError::TimestampOverflow { .. } => PyOverflowError::new_err(error.to_string()),
     }
 }

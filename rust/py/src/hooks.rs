@@ -14,12 +14,18 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyTuple};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
+use catga_core::{Claim, Key};
+
 use crate::raw::{self, Obj};
+use crate::stores::PyIdempotencyTable;
 
 /// The bookkeeping behaviours of one route handler, run by the core around its target.
 #[pyclass(name = "Hooks", module = "catga._catga", frozen)]
 pub(crate) struct PyHooks {
     idempotency: Option<Py<PyTuple>>,
+    /// The idempotency table when it is the native one, with the handler key: claims then cost no
+    /// Python call (any other table is called through its methods).
+    native_idempotency: Option<(Py<PyIdempotencyTable>, u64)>,
     rate_limit: Option<Py<PyTuple>>,
     concurrency: Option<Py<PyTuple>>,
     breaker: Option<Py<PyAny>>,
@@ -53,8 +59,21 @@ impl PyHooks {
         cache: Option<Bound<'_, PyAny>>,
         errors: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
+        let idempotency = hook_tuple("idempotency", idempotency, 2)?;
+        let native_idempotency = match &idempotency {
+            Some(pair) => Python::attach(|py| -> PyResult<_> {
+                let pair = pair.bind(py);
+                let native = pair.get_item(0)?.cast_into::<PyIdempotencyTable>().ok();
+                Ok(match (native, pair.get_item(1)?.extract::<u64>()) {
+                    (Some(table), Ok(handler)) => Some((table.unbind(), handler)),
+                    _ => None,
+                })
+            })?,
+            None => None,
+        };
         let hooks = Self {
-            idempotency: hook_tuple("idempotency", idempotency, 2)?,
+            idempotency,
+            native_idempotency,
             rate_limit: hook_tuple("rate_limit", rate_limit, 3)?,
             concurrency: hook_tuple("concurrency", concurrency, 2)?,
             breaker: breaker.filter(|b| !b.is_none()).map(Bound::unbind),
@@ -124,6 +143,9 @@ impl PyHooks {
         for object in [&self.breaker, &self.errors].into_iter().flatten() {
             visit.call(object)?;
         }
+        if let Some((table, _)) = &self.native_idempotency {
+            visit.call(table)?;
+        }
         Ok(())
     }
 }
@@ -147,6 +169,12 @@ enum Phase {
     Done,
 }
 
+/// An idempotency claim: by key in the native table, or by message id through a table's methods.
+enum HeldClaim {
+    Native(Key),
+    Python(Py<PyAny>),
+}
+
 /// One send through hooks.
 #[allow(clippy::struct_excessive_bools)] // four independent facts, not a state in disguise
 pub(crate) struct HookedRun {
@@ -157,8 +185,8 @@ pub(crate) struct HookedRun {
     /// Resolve to `(result, from_cache)` instead of the result (`send_meta`).
     meta: bool,
     phase: Phase,
-    /// The message id, once this run holds the idempotency claim.
-    claim: Option<Py<PyAny>>,
+    /// The idempotency claim, once this run holds it.
+    claim: Option<HeldClaim>,
     permit: bool,
     breaker: bool,
     cache_key: Option<Py<PyAny>>,
@@ -247,7 +275,24 @@ impl HookedRun {
     /// Step 1, then the rest of the entry.
     fn claim_and_enter(&mut self, py: Python<'_>) -> PyResult<Step> {
         let hooks = self.hooks(py);
-        if let Some(idempotency) = &hooks.get().idempotency {
+        if let Some((table, handler)) = &hooks.get().native_idempotency {
+            let message_id: u64 = self.message.bind(py).getattr(intern!(py, "message_id"))?.extract()?;
+            let key = Key { message_id, handler: *handler };
+            // NOTE: the native table is claimed without a Python call or a result tuple (97 ns for
+            // `table.claim(...)` through its method, measured by the stores' tests).
+            match table.get().claim_key(py, key)? {
+                Claim::Completed(stored) => {
+                    self.phase = Phase::Done;
+                    return Ok(Step::Return(self.output(py, stored.into_bound(py), true)?));
+                }
+                Claim::InFlight => {
+                    self.phase = Phase::Done;
+                    let error = self.errors(py).call_method1(intern!(py, "conflict"), (self.message.bind(py),))?;
+                    return Ok(Step::Raise(PyErr::from_value(error)));
+                }
+                Claim::Claimed => self.claim = Some(HeldClaim::Native(key)),
+            }
+        } else if let Some(idempotency) = &hooks.get().idempotency {
             let (table, handler) = (idempotency.bind(py).get_item(0)?, idempotency.bind(py).get_item(1)?);
             let message_id = self.message.bind(py).getattr(intern!(py, "message_id"))?;
             let claimed = table.call_method1(intern!(py, "claim"), (&message_id, &handler))?;
@@ -261,7 +306,7 @@ impl HookedRun {
                 let error = self.errors(py).call_method1(intern!(py, "conflict"), (self.message.bind(py),))?;
                 return Ok(Step::Raise(PyErr::from_value(error)));
             }
-            self.claim = Some(message_id.unbind());
+            self.claim = Some(HeldClaim::Python(message_id.unbind()));
         }
         self.enter(py)
     }
@@ -382,12 +427,18 @@ impl HookedRun {
                 hooks.breaker.as_ref().expect("set").bind(py).call_method0(intern!(py, "record_success"))?;
             }
             self.release_permit(py)?;
-            if let (Some(idempotency), Some(message_id)) = (&hooks.idempotency, self.claim.take()) {
-                let (table, handler) = (idempotency.bind(py).get_item(0)?, idempotency.bind(py).get_item(1)?);
-                let completed = table.call_method1(intern!(py, "complete"), (&message_id, &handler, &value));
-                if !keep(py, "idempotency", completed) {
-                    table.call_method1(intern!(py, "release"), (&message_id, &handler))?;
+            match (self.claim.take(), &hooks.native_idempotency, &hooks.idempotency) {
+                (Some(HeldClaim::Native(key)), Some((table, _)), _) => {
+                    table.get().complete_key(py, key, value.clone().unbind())?;
                 }
+                (Some(HeldClaim::Python(message_id)), _, Some(idempotency)) => {
+                    let (table, handler) = (idempotency.bind(py).get_item(0)?, idempotency.bind(py).get_item(1)?);
+                    let completed = table.call_method1(intern!(py, "complete"), (&message_id, &handler, &value));
+                    if !keep(py, "idempotency", completed) {
+                        table.call_method1(intern!(py, "release"), (&message_id, &handler))?;
+                    }
+                }
+                _ => {}
             }
             Ok(())
         })();
@@ -426,9 +477,15 @@ impl HookedRun {
             hooks.breaker.as_ref().expect("set").bind(py).call_method0(record)?;
         }
         self.release_permit(py)?;
-        if let (Some(idempotency), Some(message_id)) = (&hooks.idempotency, self.claim.take()) {
-            let (table, handler) = (idempotency.bind(py).get_item(0)?, idempotency.bind(py).get_item(1)?);
-            table.call_method1(intern!(py, "release"), (&message_id, &handler))?;
+        match (self.claim.take(), &hooks.native_idempotency, &hooks.idempotency) {
+            (Some(HeldClaim::Native(key)), Some((table, _)), _) => {
+                table.get().release_key(key);
+            }
+            (Some(HeldClaim::Python(message_id)), _, Some(idempotency)) => {
+                let (table, handler) = (idempotency.bind(py).get_item(0)?, idempotency.bind(py).get_item(1)?);
+                table.call_method1(intern!(py, "release"), (&message_id, &handler))?;
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -458,7 +515,13 @@ impl HookedRun {
     pub(crate) fn objects(&self) -> impl Iterator<Item = *mut pyo3::ffi::PyObject> + '_ {
         [Some(self.hooks.as_ptr()), Some(self.target.as_ptr()), Some(self.message.as_ptr())]
             .into_iter()
-            .chain([self.claim.as_ref().map(Py::as_ptr), self.cache_key.as_ref().map(Py::as_ptr)])
+            .chain([
+                match &self.claim {
+                    Some(HeldClaim::Python(message_id)) => Some(message_id.as_ptr()),
+                    _ => None,
+                },
+                self.cache_key.as_ref().map(Py::as_ptr),
+            ])
             .chain([self.token.as_ref().map(Obj::as_ptr)])
             .flatten()
     }

@@ -8,8 +8,10 @@ mod dispatcher;
 mod errors;
 mod hooks;
 mod ids;
+mod limits;
 mod raw;
 mod route;
+mod stores;
 
 use pyo3::prelude::*;
 
@@ -23,6 +25,16 @@ mod _catga {
     use crate::hooks::PyHooks;
     #[pymodule_export]
     use crate::ids::{_after_fork_in_child, default_generator, new_id, parse_id, PyIdGenerator, PyIdParts};
+    #[pymodule_export]
+    use crate::limits::{PyCircuitBreaker, PyConcurrencyLimiter, PyTokenBucket};
+    #[pymodule_export]
+    use crate::stores::{handler_key, PyCacheTable, PyIdempotencyTable};
+    #[pymodule_export]
+    const CLAIMED: u8 = crate::stores::CLAIMED;
+    #[pymodule_export]
+    const IN_FLIGHT: u8 = crate::stores::IN_FLIGHT;
+    #[pymodule_export]
+    const COMPLETED: u8 = crate::stores::COMPLETED;
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
