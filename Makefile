@@ -32,6 +32,7 @@ RUST_INPUTS := Cargo.toml $(wildcard Cargo.lock) $(shell find rust -name '*.rs' 
 EXTENSION := $(wildcard python/catga/_catga*.so python/catga/_catga*.pyd)
 
 PYTEST := $(PY) -m pytest
+BENCH_FLAGS := --benchmark-enable --benchmark-disable-gc --benchmark-columns=median,iqr,rounds --benchmark-sort=name --timeout=0
 
 .PHONY: help
 help: ## Show this help
@@ -106,7 +107,9 @@ format: $(DEPS_STAMP) ## Format and autofix: cargo fmt, ruff
 
 .PHONY: bench
 bench: $(BUILD_STAMP) ## Benchmarks (benches/): both cores against the direct-await floor
-	$(PYTEST) benches --benchmark-enable --benchmark-disable-gc --benchmark-columns=median,iqr,rounds --benchmark-sort=name --timeout=0 $(BENCH_ARGS)
+	CATGA_PURE_PYTHON=0 $(PYTEST) benches $(BENCH_FLAGS) $(BENCH_ARGS)
+	@# The built-in pipeline on the pure core: its state comes from the core chosen at import.
+	CATGA_PURE_PYTHON=1 $(PYTEST) benches/test_pipeline.py -k "default or hit" $(BENCH_FLAGS) $(BENCH_ARGS)
 
 .PHONY: clean
 clean: ## Remove build artefacts and caches (keeps .venv; `rm -rf .venv` for a fresh one)

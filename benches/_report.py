@@ -14,13 +14,28 @@ import pytest
 # ns each user behaviour may add above the direct await of the handler (ARCHITECTURE.md targets).
 PER_BEHAVIOUR_NS = 110.0
 
-SCENARIOS = ("send", "send-3-behaviours", "publish-3", "new_id")
+SCENARIOS = (
+    "send",
+    "send-3-behaviours",
+    "publish-3",
+    "new_id",
+    "send-default",
+    "idempotency-hit",
+    "try_acquire",
+    "store-8-threads",
+)
+# Scenarios timed without an event loop (their empty batch is a plain `for`).
+SYNC_SCENARIOS = frozenset({"new_id", "try_acquire", "store-8-threads"})
 CASES = ("floor", "dict", "catga-pure", "catga-rust")
 FLOOR_TEXT = {
     "send": "`await handler(req)`",
     "send-3-behaviours": "the same 3 behaviours + handler composed once, awaited directly",
     "publish-3": "three direct awaits",
     "new_id": "`time.time_ns()`",
+    "send-default": "`await handler(req)`",
+    "idempotency-hit": "`await handler(req)`",
+    "try_acquire": "`time.monotonic()`",
+    "store-8-threads": "the same claims and completions on one thread",
 }
 
 
@@ -53,6 +68,8 @@ TARGETS: dict[tuple[str, str], Target] = {
     ),
     ("publish-3", "catga-rust"): Target("<= 1.15 x floor", lambda m: m.net() <= 1.15 * m.net("floor")),
     ("new_id", "catga-rust"): Target("<= 60 ns", lambda m: m.net() <= 60.0),
+    # ARCHITECTURE.md: the default pipeline <= 3 x (stretch 2.5 x); issue 3 asks 2.5 x.
+    ("send-default", "catga-rust"): Target("<= 2.5 x floor", lambda m: m.net() <= 2.5 * m.net("floor")),
 }
 
 RESULTS: list[Measurement] = []

@@ -6,6 +6,9 @@ import pytest
 
 from _report import RESULTS, Measurement, write_summary
 
+# The event loop and the floors are session fixtures of test_mediator.py; every bench module uses them.
+from test_mediator import bench_loop, floors  # noqa: F401
+
 
 @pytest.fixture
 def record() -> Callable[[Measurement], None]:

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 import catga
-from _report import Measurement
+from _report import SYNC_SCENARIOS, Measurement
 from catga import _core as catga_core
 from catga import _mediator as mediator_module
 from dict_dispatch import DictMediator, compose
@@ -129,7 +129,7 @@ def measure(
 ) -> None:
     """Time `batch` with pytest-benchmark and, before each of its rounds, its loop and floors."""
     references = {
-        "loop": floors["loop-sync" if scenario == "new_id" else "loop-async"],
+        "loop": floors["loop-sync" if scenario in SYNC_SCENARIOS else "loop-async"],
         "floor": floors[scenario],
     }
     if scenario == "send-3-behaviours":
@@ -161,9 +161,9 @@ def core_module(case: str) -> ModuleType:
         pytest.skip(f"{CORES[case]} does not import ({exc}); `make build` compiles it")
 
 
-def catga_mediator(case: str) -> Any:
-    """A mediator on the core of `case`, with no built-in behaviours."""
-    return mediator_class(core_module(case))(config=catga.Config.minimal())
+def catga_mediator(case: str, config: "catga.Config | None" = None) -> Any:
+    """A mediator on the core of `case`, with no built-in behaviours unless `config` says."""
+    return mediator_class(core_module(case))(config=config or catga.Config.minimal())
 
 
 def mediator_class(core: ModuleType) -> type:

@@ -490,7 +490,7 @@ async def test_dispatch_by_nearest_base_and_invalidation() -> None:
 
 
 async def test_route_is_compiled_once_per_type() -> None:
-    mediator = catga.Mediator()
+    mediator = catga.Mediator(config=catga.Config.minimal())
     mediator.register(PlaceOrder, place_order)
     first = mediator._route(PlaceOrder)
     assert mediator._route(PlaceOrder) is first
@@ -548,7 +548,7 @@ async def test_send_result_success() -> None:
 
 
 async def test_send_result_returns_catga_errors_as_they_are() -> None:
-    mediator = catga.Mediator()
+    mediator = catga.Mediator(config=catga.Config.minimal())  # no Retry: a Conflict is retryable
     error = catga.Conflict("order `o-1` is in flight")
 
     @mediator.handler

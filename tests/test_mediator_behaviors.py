@@ -117,7 +117,7 @@ async def test_a_raising_behaviour() -> None:
 
 async def test_sync_handler_under_an_async_behaviour() -> None:
     log: list[str] = []
-    mediator = catga.Mediator()
+    mediator = catga.Mediator(config=catga.Config.minimal())
     mediator.add_behavior(tracer(log, "t"))
     mediator.register(PlaceOrder, lambda cmd: "sync")
     assert await mediator.send(PlaceOrder("x")) == "sync"
@@ -137,7 +137,7 @@ async def test_sync_behaviours() -> None:
     def short_circuit(message: Any, call_next: Callable[[Any], Any]) -> Any:
         return "short" if message.order_id == "cached" else call_next(message)
 
-    mediator = catga.Mediator()
+    mediator = catga.Mediator(config=catga.Config.minimal())
     mediator.add_behavior(sync_behavior)
     mediator.add_behavior(short_circuit, for_type=GetOrder)
     mediator.register(GetOrder, lambda query: "sync handler")
@@ -195,7 +195,7 @@ def test_bad_behaviours() -> None:
 
 async def test_context_is_set_only_under_behaviours() -> None:
     seen: list[catga.MessageContext | None] = []
-    mediator = catga.Mediator()
+    mediator = catga.Mediator(config=catga.Config.minimal())
 
     @mediator.handler
     async def handle(cmd: PlaceOrder) -> str:
@@ -213,6 +213,22 @@ async def test_context_is_set_only_under_behaviours() -> None:
     assert context.message is message
     assert context.message_id == message.message_id
     assert context.correlation_id == message.message_id
+    assert catga.current_context() is None
+
+
+async def test_builtins_set_the_context_without_user_behaviours() -> None:
+    seen: list[catga.MessageContext | None] = []
+    mediator = catga.Mediator()  # the default pipeline: built-ins on
+
+    @mediator.handler
+    async def handle(cmd: PlaceOrder) -> str:
+        seen.append(catga.current_context())
+        return ""
+
+    message = PlaceOrder("x")
+    await mediator.send(message)
+    assert seen[0] is not None
+    assert seen[0].message is message
     assert catga.current_context() is None
 
 
@@ -245,7 +261,7 @@ async def test_correlation_flows_to_messages_made_in_handlers() -> None:
 
 
 async def test_without_behaviours_new_messages_are_top_level() -> None:
-    mediator = catga.Mediator()
+    mediator = catga.Mediator(config=catga.Config.minimal())
     made: list[catga.Message] = []
 
     @mediator.handler

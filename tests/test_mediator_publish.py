@@ -99,7 +99,8 @@ async def test_handlers_of_base_types_run_too(mediator: catga.Mediator) -> None:
 
 async def test_failures_are_raised_together_after_all_ran(mediator: catga.Mediator) -> None:
     log: list[str] = []
-    first_error, second_error = ValueError("first"), catga.Conflict("`o-1` in flight")
+    # A catga error that the default Retry does not retry.
+    first_error, second_error = ValueError("first"), catga.SerializationError("`o-1` is not encodable")
 
     @mediator.handler
     async def fails_at_once(evt: OrderPlaced) -> None:

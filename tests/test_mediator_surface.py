@@ -52,6 +52,9 @@ PUBLIC = {
     # section 5
     "Config",
     "behaviors",
+    # section 6
+    "DeadLetterRecord",
+    "DeadLetters",
     "__version__",
 }
 
@@ -82,7 +85,7 @@ def test_behaviors_is_reachable_after_a_plain_import() -> None:
     assert isinstance(catga.behaviors, types.ModuleType)
 
 
-@pytest.mark.parametrize("name", ["memory", "redis", "postgres", "nats", "asgi", "health", "observability", "compat"])
+@pytest.mark.parametrize("name", ["redis", "postgres", "nats", "asgi", "health", "observability", "compat"])
 def test_submodules_of_later_issues_are_missing_attributes(name: str) -> None:
     with pytest.raises(AttributeError, match=f"`{name}`"):
         getattr(catga, name)
@@ -162,6 +165,15 @@ MODULES = [
     "catga._mediator",
     "catga.behaviors",
     "catga.behaviors._builtins",
+    "catga.behaviors._hooks",
+    "catga.stores",
+    "catga.stores._protocols",
+    "catga.memory",
+    "catga.memory._idempotency",
+    "catga.memory._cache",
+    "catga.memory._dead_letters",
+    "catga._dead_letters",
+    "catga.behaviors._validation",
 ]
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from catga._config import Config
 from catga._core import PURE_PYTHON, IdGenerator, IdParts, __version__, new_id, parse_id
+from catga._dead_letters import DeadLetterRecord, DeadLetters
 from catga._errors import (
     CatgaError,
     CircuitOpen,
@@ -55,6 +56,8 @@ from catga._result import Result
 
 if TYPE_CHECKING:
     from catga import behaviors
+    from catga import memory as memory
+    from catga import stores as stores
 
 __all__ = [
     "PURE_PYTHON",
@@ -65,6 +68,8 @@ __all__ = [
     "ConcurrencyLimited",
     "Config",
     "Conflict",
+    "DeadLetterRecord",
+    "DeadLetters",
     "DuplicateHandler",
     "ErrorCode",
     "Event",
@@ -97,11 +102,13 @@ __all__ = [
 
 # Submodules reachable as `catga.<name>` after a plain `import catga`, and the extra (pip install
 # catga[<extra>]) each needs beyond the core dependencies, if any. A name whose module does not
-# exist yet raises AttributeError like any missing attribute. To come: "memory": None,
-# "redis": "redis", "postgres": "postgres", "nats": "nats", "asgi": "server", "health": "server",
+# exist yet raises AttributeError like any missing attribute. To come: "redis": "redis",
+# "postgres": "postgres", "nats": "nats", "asgi": "server", "health": "server",
 # "observability": None, "compat": None.
 _SUBMODULES: dict[str, str | None] = {
     "behaviors": None,
+    "memory": None,
+    "stores": None,
 }
 
 # Classes and functions defined in catga's private modules show up as `catga.X` (anyio does the
@@ -115,6 +122,8 @@ for _value in (
     ConcurrencyLimited,
     Config,
     Conflict,
+    DeadLetterRecord,
+    DeadLetters,
     DuplicateHandler,
     ErrorCode,
     Event,

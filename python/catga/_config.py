@@ -36,12 +36,10 @@ def _if_implemented(cls: type[BuiltinBehavior]) -> Callable[[], Any]:
 class Config:
     """The built-in behaviours of a `Mediator`: each field holds a behaviour or `None` (off).
 
-    `Config()` is `Config.default()`: Logging, Tracing, Validation, Retry, Idempotency and Cache on
-    (once implemented), the rest off; keyword arguments change single fields. Every call builds
-    fresh behaviour instances, so mediators never share state.
-
-    Until a built-in is implemented, the defaults leave it out (today `Config.default()` equals
-    `Config.minimal()`), and a `Mediator` built with one set explicitly raises `NotImplementedError`.
+    `Config()` is `Config.default()`: Logging, Tracing, Validation, Retry, Idempotency and Cache on,
+    the rest off; keyword arguments change single fields. Every call builds fresh behaviour
+    instances, so mediators never share state (a behaviour instance passed to two mediators is
+    shared: one token bucket, one breaker per type).
 
     >>> from catga.behaviors import Retry
     >>> config = Config.minimal().with_(retry=Retry(max_attempts=5))
@@ -74,10 +72,8 @@ class Config:
 
     @classmethod
     def default(cls) -> Self:
-        """The default pipeline: Logging, Tracing, Validation, Retry, Idempotency, Cache.
-
-        Built-ins that are not implemented yet are left out: today this equals `minimal()`.
-        """
+        """The default pipeline: Logging (DEBUG), Tracing, Validation, Retry (3 attempts),
+        Idempotency (24 h, in memory) and Cache (for queries that opt in)."""
         return cls()
 
     @classmethod
@@ -90,9 +86,7 @@ class Config:
         """Every built-in on, with sane limits.
 
         Rate limit 1000 messages/s (burst 1000), 100 in flight (5 s wait), breaker 5 failures /
-        30 s, timeout 30 s, plus everything `default()` has and dead letters. Holds built-ins that
-        are not implemented yet, so a `Mediator` built with it raises `NotImplementedError` naming
-        them until they land.
+        30 s, timeout 30 s, plus everything `default()` has and dead letters (in memory, 1000).
         """
         return cls(
             logging=Logging(),

@@ -9,7 +9,7 @@ Messages follow one style: what failed, the offending value in backticks, no tra
 
 from collections.abc import Sequence
 from enum import StrEnum
-from typing import Any, Self
+from typing import Any, Final, Self
 
 __all__ = [
     "CatgaError",
@@ -339,3 +339,73 @@ class PersistenceError(CatgaError):
     """A store failed to read or write (database down, schema missing)."""
 
     code = ErrorCode.PERSISTENCE_FAILED
+
+
+# --------------------------------------------------------------------------- the hooks' factory
+
+
+class HookErrors:
+    """The error factory of the native hooks (docs/internals.md, "Built-in behaviours").
+
+    The core calls it when a bookkeeping behaviour refuses a message, so the errors it raises are
+    the same on both cores and name what was refused. `subject` names the route in messages (the
+    message type, with the handler for an event: "`OrderPlaced` handler `notify`"); `details` go
+    into every error's `details` (e.g. `message_type=` the wire name). `HOOK_ERRORS` is the one
+    without a subject.
+
+    >>> errors = HookErrors("`CreateOrder`", message_type="orders.create")
+    >>> err = errors.rate_limited(0.5)
+    >>> str(err), err.retry_after, err.details
+    ('rate limit of `CreateOrder` exceeded, retry after `0.5` s', 0.5, {'message_type': 'orders.create'})
+    >>> errors.is_ignored(ValidationError(["bad"])), errors.is_ignored(ValueError("bad"))
+    (True, False)
+    """
+
+    __slots__ = ("details", "subject")
+
+    subject: str | None
+    details: dict[str, Any]
+
+    def __init__(self, subject: str | None = None, **details: Any) -> None:
+        self.subject = subject
+        self.details = details
+
+    def rate_limited(self, retry_after: float) -> RateLimited:
+        """The token bucket is empty; a token is due in `retry_after` seconds."""
+        if self.subject is None:
+            return RateLimited(retry_after, **self.details)
+        message = f"rate limit of {self.subject} exceeded, retry after `{retry_after:g}` s"
+        return RateLimited(retry_after, message, **self.details)
+
+    def concurrency_limited(self) -> ConcurrencyLimited:
+        """Every permit is taken, and none was handed over within the wait timeout."""
+        of = "" if self.subject is None else f" of {self.subject}"
+        return ConcurrencyLimited(f"concurrency limit{of} reached: no permit freed up in time", **self.details)
+
+    def circuit_open(self, retry_after: float) -> CircuitOpen:
+        """The breaker is open; it lets a probe through in `retry_after` seconds."""
+        if self.subject is None:
+            return CircuitOpen(retry_after, **self.details)
+        message = f"circuit of {self.subject} is open, retry after `{retry_after:g}` s"
+        return CircuitOpen(retry_after, message, **self.details)
+
+    def conflict(self, message: object) -> Conflict:
+        """`message` is a duplicate of one still being handled (its claim is in flight)."""
+        message_id = getattr(message, "message_id", None)
+        subject = self.subject if self.subject is not None else f"`{type(message).__qualname__}`"
+        return Conflict(
+            f"message `{message_id}` of {subject} is still being handled: a duplicate in flight",
+            message_id=message_id,
+            **self.details,
+        )
+
+    def is_ignored(self, error: BaseException) -> bool:
+        """Whether the breaker leaves `error` out of its count: validation failures and conflicts."""
+        return isinstance(error, ValidationError | Conflict)
+
+    def __repr__(self) -> str:
+        return f"HookErrors({self.subject!r})" if self.subject is not None else "HookErrors()"
+
+
+HOOK_ERRORS: Final = HookErrors()
+"""The error factory the cores' hooks take when no route-specific one is given."""

@@ -4,8 +4,9 @@ The hot path lives in the core (`catga._core.Dispatcher`): `send` and `publish` 
 methods, not redefined here, so `mediator.send(request)` is one call into the core with no Python
 frame of ours. This module turns registrations into the `Route` tuples the core runs
 (docs/internals.md): it finds a type's handler (exact type, then the nearest base in the MRO),
-composes its user behaviours into one chain, and says whether that chain is async and whether it
-needs the message context.
+composes its user behaviours into one chain, wraps that in the built-ins that run in Python (the
+middle chain, `catga.behaviors._chain`), adds the `Hooks` of the bookkeeping built-ins that the
+core runs (`catga.behaviors._hooks`), and says whether the target is async and needs the context.
 """
 
 import asyncio
@@ -20,9 +21,19 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, Self, TypeVar, 
 
 from catga._config import Config
 from catga._core import CURRENT_MESSAGE, Dispatcher, Route
+from catga._dead_letters import DeadLetterRecord, DeadLetters
 from catga._errors import CatgaError, DuplicateHandler, HandlerFailed, HandlerNotFound, PublishError
+from catga._hook_runner import run_hooks, run_hooks_sync
 from catga._messages import Event, Message, Request, wire_name
 from catga._result import Result
+from catga.behaviors import _hooks
+from catga.behaviors._chain import HandlerInfo, compose
+from catga.behaviors._hooks import BuiltinPlan, plan_builtins
+from catga.behaviors._store_layers import FromCacheScope
+from catga.behaviors._validation import ValidationPlan, Validator
+from catga.memory._cache import MemoryCacheStore
+from catga.memory._dead_letters import MemoryDeadLetterStore
+from catga.memory._idempotency import MemoryIdempotencyStore
 
 __all__ = ["Mediator"]
 
@@ -46,6 +57,8 @@ Behavior = Callable[[Any, Callable[[Any], Any]], Any]
 
 _Target = Callable[[Any], Any]
 _RouteHandler = tuple[_Target, bool, bool]
+_HookedHandler = tuple[Any, ...]
+"""A route handler entry: `(target, is_async, with_context)` or `(target, is_async, with_context, hooks)`."""
 
 _PARTIAL_TYPES: Final = (functools.partial,)
 
@@ -59,14 +72,17 @@ _EAGER_TASKS: Final = sys.version_info >= (3, 12)
 
 
 class _Handler:
-    """One registered handler: how to call it, and what to call it in messages."""
+    """One registered handler: how to call it, and what to call it in messages and keys."""
 
-    __slots__ = ("call", "is_async", "name")
+    __slots__ = ("call", "is_async", "key", "name")
 
-    def __init__(self, call: _Target, is_async: bool, name: str) -> None:
+    def __init__(self, call: _Target, is_async: bool, name: str, key: str | None = None) -> None:
         self.call = call  # call(message) -> result, or an awaitable of it when is_async
         self.is_async = is_async
         self.name = name
+        # `module.QualName`: keys an event handler's idempotency entries and breaker, so it must be
+        # the same in every process.
+        self.key = key if key is not None else name
 
 
 class Mediator(Dispatcher):
@@ -135,6 +151,25 @@ class Mediator(Dispatcher):
             raise NotImplementedError(f"transports are not implemented yet, got `{transport!r}`")
         self._config: Final = config
         self._publish_strategy: Final = publish
+        dead_letter = config.dead_letter
+        if dead_letter is None:
+            dead_letter_store: Any = MemoryDeadLetterStore()
+        elif dead_letter.store is None:
+            dead_letter_store = MemoryDeadLetterStore(dead_letter.max_size)
+        else:
+            dead_letter_store = dead_letter.store
+        # `mediator.dead_letters` always exists; the DeadLetter behaviour decides what goes in.
+        self._dead_letters: Final = DeadLetters(dead_letter_store, self._resend)
+        self._dead_letter_store: Final = dead_letter_store if dead_letter is not None else None
+        # Any built-in on makes every route run with the message context (API.md section 1).
+        self._any_builtin: Final = bool(config._enabled())
+        # A remote idempotency or cache store runs as Python layers, which report a stored result
+        # to `send_result` through a `FromCacheScope`.
+        self._store_layers: Final = _has_remote_store(config)
+        self._validators: list[tuple[type, Validator]] = []
+        # send_sync's variant of each request route whose pipeline differs from the core's target:
+        # message type -> (the route, the sync target or the TypeError that forbids one).
+        self._sync_targets: dict[type, tuple[Route, _Target | TypeError]] = {}
         self._requests: dict[type, _Handler] = {}
         # Event handlers in registration order, with the type each was registered for: a route
         # takes every entry whose type is the event's type or one of its bases.
@@ -152,6 +187,20 @@ class Mediator(Dispatcher):
     def config(self) -> Config:
         """The built-in behaviours this mediator was built with."""
         return self._config
+
+    @property
+    def dead_letters(self) -> DeadLetters:
+        """The messages that finally failed: `list`, `get`, `retry`, `delete`, `purge` (all async).
+
+        Always there: in memory (the newest 1000) unless `DeadLetter(store=...)` names a store.
+        Only the DeadLetter behaviour puts records in.
+        """
+        return self._dead_letters
+
+    def _invalidate(self) -> None:
+        """Forget every compiled route (the core's table and the `send_sync` variants)."""
+        super()._invalidate()
+        self._sync_targets.clear()
 
     def __repr__(self) -> str:
         handlers = len(self._requests) + len(self._events)
@@ -250,6 +299,80 @@ class Mediator(Dispatcher):
         self._invalidate()
         return behavior
 
+    @overload
+    def validator(self, message_type: type[Any], /) -> Callable[[H], H]: ...
+    @overload
+    def validator(self, message_type: type[Any], validator: H, /) -> H: ...
+    @overload
+    def validator(self, validator: H, /) -> H: ...
+    def validator(self, target: Any, validator: Any = None, /) -> Any:
+        """Register a validator of a message type (and its subclasses), as a decorator.
+
+        A validator takes the message and returns a list of error strings (empty or `None`: valid),
+        or raises `ValidationError`; it may be async. With the Validation behaviour on, the errors of
+        every validator, of the message's own `validate()` method and of its msgspec constraints are
+        collected, and any error fails the send with `ValidationError` before the handler runs.
+        `@mediator.validator` alone takes the type from the first parameter's annotation.
+
+        >>> import catga
+        >>> class Deposit(catga.Command[None]):
+        ...     amount: int
+        >>> mediator = catga.Mediator()
+        >>> @mediator.validator(Deposit)
+        ... def positive(cmd: Deposit) -> list[str]:
+        ...     return [] if cmd.amount > 0 else [f"`amount` must be positive, got `{cmd.amount}`"]
+        """
+        caller = sys._getframe(1).f_locals
+        if isinstance(target, type) and validator is None:
+            message_type: type = target
+
+            def decorate(function: H) -> H:
+                self._add_validator(message_type, function, None)
+                return function
+
+            return decorate
+        if validator is not None:
+            if not isinstance(target, type):
+                raise TypeError(f"`message_type` must be a class, got `{target!r}`")
+            self._add_validator(target, validator, None)
+            return validator
+        self._add_validator(None, target, caller)
+        return target
+
+    # ------------------------------------------------------------------------------------- cache
+
+    def cache(self, message_type: type, *, ttl: float) -> None:
+        """Cache the results of a query type for `ttl` seconds (API.md section 6).
+
+        The same as `__catga_cache_ttl__ = ttl` in the class body, and wins over it. Needs the Cache
+        behaviour (on by default): `ValueError` when it is off; `TypeError` for a type that is not
+        a `catga.Query`.
+        """
+        _hooks.opt_in_cache(self._config.cache, message_type, ttl)
+        self._invalidate()
+
+    def invalidate(self, message_type: type, /, **fields: Any) -> int:
+        """Drop cached results of a query type: all of them, or those whose fields equal `fields`.
+
+        Synchronous, for the in-memory cache store; a remote store raises `TypeError` (use
+        `ainvalidate`). Returns how many entries were dropped.
+        """
+        return _hooks.invalidate(self._config.cache, message_type, **fields)
+
+    async def ainvalidate(self, message_type: type, /, **fields: Any) -> None:
+        """`invalidate` through the cache store's async protocol: works with every store."""
+        await _hooks.ainvalidate(self._config.cache, message_type, **fields)
+
+    def _add_validator(self, message_type: type | None, validator: object, localns: dict[str, Any] | None) -> None:
+        if not callable(validator):
+            raise TypeError(f"validator `{validator!r}` is not callable: it must be `(message) -> list[str]`")
+        name = _name(validator)
+        param = _first_parameter(validator, f"validator {name}")
+        if message_type is None:
+            message_type = _infer_message_type(name, _Annotated(validator, param), localns)
+        self._validators.append((message_type, validator))
+        self._invalidate()
+
     def _add(
         self,
         message_type: type | None,
@@ -314,7 +437,8 @@ class Mediator(Dispatcher):
     # ------------------------------------------------------------------------------------ routes
 
     def _compile_route(self, message_type: type, /) -> Route:
-        """Build the route of a type: its handler(s) with their user behaviours (see internals.md)."""
+        """Build the route of a type: each handler with its user behaviours, the middle chain of
+        built-ins around them, and its hooks (see docs/internals.md)."""
         if message_type is type(None):
             raise HandlerNotFound(
                 "no handler for `NoneType`: send a message instance, got `None`", message_type="builtins.NoneType"
@@ -323,22 +447,80 @@ class Mediator(Dispatcher):
             not issubclass(message_type, Message) and self._is_plain_event(message_type)
         ):
             behaviors = self._behaviors_for(message_type)
+            entries = [entry for registered, entry in self._events if issubclass(message_type, registered)]
+            validation = self._validation_plan(message_type, bool(entries))
+            keys = _unique_keys(entries)
             handlers = tuple(
-                _route_handler(entry, behaviors)
-                for registered, entry in self._events
-                if issubclass(message_type, registered)
+                self._compile_handler(message_type, entry, key, behaviors, validation, is_event=True)[0]
+                for entry, key in zip(entries, keys, strict=True)
             )
             return (True, handlers)
         requests = self._requests
         for base in message_type.__mro__:
             entry = requests.get(base)
             if entry is not None:
-                return (False, (_route_handler(entry, self._behaviors_for(message_type)),))
+                validation = self._validation_plan(message_type, True)
+                handler, sync_target = self._compile_handler(
+                    message_type, entry, entry.key, self._behaviors_for(message_type), validation, is_event=False
+                )
+                route: Route = (False, (handler,))
+                if sync_target is not None:
+                    self._sync_targets[message_type] = (route, sync_target)
+                return route
         if issubclass(message_type, type):
             # A class was sent instead of an instance. The route is keyed by the metaclass, so the
             # target (which gets the class itself) names it.
             return (False, ((_class_sent, False, False),))
         raise HandlerNotFound(f"no handler for `{message_type.__qualname__}`", message_type=wire_name(message_type))
+
+    def _validation_plan(self, message_type: type, needed: bool) -> ValidationPlan | None:
+        if self._config.validation is None or not needed:
+            return None
+        validators = [validator for registered, validator in self._validators if issubclass(message_type, registered)]
+        plan = ValidationPlan(message_type, wire_name(message_type), validators)
+        return None if plan.empty else plan
+
+    def _compile_handler(
+        self,
+        message_type: type,
+        entry: _Handler,
+        key: str,
+        behaviors: list[tuple[Behavior, bool]],
+        validation: ValidationPlan | None,
+        *,
+        is_event: bool,
+    ) -> tuple[_HookedHandler, _Target | TypeError | None]:
+        """One route handler entry, and for a request the `send_sync` target when it differs
+        from the entry's (`None`: the same, or none at all)."""
+        config = self._config
+        plan: BuiltinPlan = plan_builtins(
+            config, message_type, key, is_event=is_event, has_message_id=issubclass(message_type, Message)
+        )
+        if plan.cache is not None:  # a remote cache store: between Timeout and the user behaviours
+            behaviors = [(plan.cache, True), *behaviors]
+        inner, inner_async, inner_context = _route_handler(entry, behaviors)
+        info = HandlerInfo(message_type.__qualname__, wire_name(message_type), key if is_event else None)
+        layers: dict[str, Any] = {
+            "logging_": config.logging,
+            "outer": plan.outer,
+            "validation": validation,
+            "dead_letter_store": self._dead_letter_store,
+            "retry": config.retry,
+            "timeout": config.timeout,
+        }
+        target, is_async = compose(inner, inner_async, info, sync=False, **layers)
+        with_context = inner_context or self._any_builtin or plan.hooks is not None
+        handler: _HookedHandler = (target, is_async, with_context)
+        if plan.hooks is not None:
+            handler += (plan.hooks,)
+        sync_target: _Target | TypeError | None = None
+        if not is_event and is_async:
+            try:
+                sync_target, _ = compose(inner, inner_async, info, sync=True, **layers)
+            except TypeError as exc:
+                # Kept without its traceback, whose frames would hold the message being sent.
+                sync_target = TypeError(*exc.args)
+        return handler, sync_target
 
     def _behaviors_for(self, message_type: type) -> list[tuple[Behavior, bool]]:
         return [
@@ -361,12 +543,17 @@ class Mediator(Dispatcher):
         `KeyboardInterrupt` and `SystemExit` propagate.
         """
         try:
-            value = await self.send(request)
+            if self._store_layers:
+                with FromCacheScope(request) as scope:
+                    value, from_cache = await self.send_meta(request)
+                from_cache = from_cache or scope.hit
+            else:
+                value, from_cache = await self.send_meta(request)
         except CatgaError as exc:
             return Result.failure(exc)
         except Exception as exc:
             return Result.failure(_handler_failed(request, exc))
-        return Result.success(value)
+        return Result.success(value, from_cache=True) if from_cache else Result.success(value)
 
     @overload
     async def send_many(self, requests: Iterable[Request[T]], /) -> list[Result[T]]: ...
@@ -386,18 +573,31 @@ class Mediator(Dispatcher):
     def send_sync(self, request: object, /) -> Any:
         """Run the request's pipeline and handler without an event loop and return the value.
 
-        Raises `TypeError` if the handler or one of its user behaviours is async.
+        The same built-ins run as for `send`; one that must wait blocks (Retry sleeps with
+        `time.sleep`). Raises `TypeError` if the handler, a user behaviour or a validator is async,
+        or a configured store needs an event loop.
         """
         message_type = type(request)
-        is_event, handlers = self._route(message_type)
+        route = self._route(message_type)
+        is_event, handlers = route
         if is_event:
             raise TypeError(f"`{message_type.__qualname__}` is an event: publish it with `publish`, not `send_sync`")
-        target, is_async, with_context = handlers[0]
+        handler: _HookedHandler = handlers[0]
+        target, is_async, with_context = handler[:3]
         if is_async:
-            raise TypeError(
-                f"`{message_type.__qualname__}` has an async handler or behaviour: "
-                "use `await mediator.send(...)`, not `send_sync`"
-            )
+            variant = self._sync_targets.get(message_type)
+            if variant is None or variant[0] is not route:
+                raise TypeError(
+                    f"`{message_type.__qualname__}` has an async handler or behaviour: "
+                    "use `await mediator.send(...)`, not `send_sync`"
+                )
+            sync_target = variant[1]
+            if isinstance(sync_target, TypeError):
+                raise TypeError(*sync_target.args)  # a fresh one each time: no traceback piles up
+            target = sync_target
+        hooks = handler[3] if len(handler) > 3 else None
+        if hooks is not None:
+            return run_hooks_sync(hooks, target, request)
         if not with_context:
             return target(request)
         token = CURRENT_MESSAGE.set(request)
@@ -405,6 +605,41 @@ class Mediator(Dispatcher):
             return target(request)
         finally:
             CURRENT_MESSAGE.reset(token)
+
+    async def _resend(self, record: DeadLetterRecord, message: object) -> Result[Any]:
+        """Send a dead letter's message again (`dead_letters.retry`): a request through `send_result`,
+        an event to the one handler that failed (with its hooks and middle chain)."""
+        if record.handler is None:
+            return await self.send_result(message)
+        message_type = type(message)
+        try:
+            is_event, handlers = self._route(message_type)
+            entries = [entry for registered, entry in self._events if issubclass(message_type, registered)]
+            keys = _unique_keys(entries)
+            if not is_event or record.handler not in keys:
+                raise HandlerNotFound(
+                    f"`{message_type.__qualname__}` has no handler `{record.handler}` any more",
+                    message_type=record.message_type,
+                    handler=record.handler,
+                )
+            handler: _HookedHandler = handlers[keys.index(record.handler)]
+            target, is_async = handler[0], handler[1]
+            if len(handler) > 3 and handler[3] is not None:
+                value, from_cache = await run_hooks(handler[3], target, is_async, message)
+            else:
+                from_cache = False
+                token = CURRENT_MESSAGE.set(message)
+                try:
+                    value = target(message)
+                    if is_async:
+                        value = await value
+                finally:
+                    CURRENT_MESSAGE.reset(token)
+        except CatgaError as exc:
+            return Result.failure(exc)
+        except Exception as exc:
+            return Result.failure(_handler_failed(message, exc))
+        return Result.success(value, from_cache=True) if from_cache else Result.success(value)
 
     async def _publish_concurrent(self, event: object, /) -> None:
         """`publish` for `Mediator(publish="concurrent")`: every handler starts at once.
@@ -446,7 +681,7 @@ class Mediator(Dispatcher):
 
     def _start_handlers(
         self,
-        handlers: tuple[_RouteHandler, ...],
+        handlers: tuple[_HookedHandler, ...],
         event: object,
         failures: list[tuple[int, Exception]],
         pending: dict[asyncio.Task[Any], int],
@@ -505,6 +740,37 @@ class Mediator(Dispatcher):
 def _name(obj: object) -> str:
     name = getattr(obj, "__qualname__", None)
     return name if isinstance(name, str) else type(obj).__qualname__
+
+
+def _unique_keys(entries: list[_Handler]) -> list[str]:
+    """The keys of an event's handlers, made unique: a second handler with the same
+    `module.QualName` (two lambdas, say) gets `#2`, by registration order, the same in every process."""
+    seen: dict[str, int] = {}
+    keys: list[str] = []
+    for entry in entries:
+        count = seen[entry.key] = seen.get(entry.key, 0) + 1
+        keys.append(entry.key if count == 1 else f"{entry.key}#{count}")
+    return keys
+
+
+def _has_remote_store(config: Config) -> bool:
+    """Whether Idempotency or Cache keep their state in a store the core cannot call."""
+    idempotency, cache = config.idempotency, config.cache
+    return (
+        idempotency is not None
+        and idempotency.store is not None
+        and not isinstance(idempotency.store, MemoryIdempotencyStore)
+    ) or (cache is not None and cache.store is not None and not isinstance(cache.store, MemoryCacheStore))
+
+
+def _qualified(obj: object, name: str) -> str:
+    """`module.QualName` of a handler (its `name` is the QualName)."""
+    if isinstance(obj, _PARTIAL_TYPES):
+        obj = obj.func
+    module = getattr(obj, "__module__", None)
+    if not isinstance(module, str):
+        module = type(obj).__module__
+    return f"{module}.{name}"
 
 
 def _is_async_callable(obj: object) -> bool:
@@ -585,7 +851,7 @@ def _class_handler(cls: type, name: str, make: Callable[[], Any] | None = None) 
         def call(message: Any, _make: Callable[[], Any] = make) -> Any:
             return _make()(message)
 
-    return _Handler(call, _is_async_callable(method), name), _Annotated(method, param)
+    return _Handler(call, _is_async_callable(method), name, _qualified(make, name)), _Annotated(method, param)
 
 
 def _adapt_handler(handler: object) -> tuple[_Handler, _Annotated]:
@@ -605,7 +871,7 @@ def _adapt_handler(handler: object) -> tuple[_Handler, _Annotated]:
     param = _first_parameter(handler, name)
     # A callable object's annotations live on its class's `__call__`.
     annotated = handler if is_function else type(handler).__call__
-    return _Handler(handler, _is_async_callable(handler), name), _Annotated(annotated, param)
+    return _Handler(handler, _is_async_callable(handler), name, _qualified(handler, name)), _Annotated(annotated, param)
 
 
 def _adapt_factory(factory: Callable[[], object]) -> tuple[_Handler, _Annotated]:
@@ -636,7 +902,7 @@ def _adapt_factory(factory: Callable[[], object]) -> tuple[_Handler, _Annotated]
             return await result
         return result
 
-    return _Handler(call_any, True, name), _Annotated(None, None)
+    return _Handler(call_any, True, name, _qualified(factory, name)), _Annotated(None, None)
 
 
 def _return_class(factory: object) -> type | None:
@@ -767,13 +1033,17 @@ async def _await(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
 
 
-def _first_step(handler: _RouteHandler, event: object, deferred: bool) -> "asyncio.Task[Any] | None":
+def _first_step(handler: _HookedHandler, event: object, deferred: bool) -> "asyncio.Task[Any] | None":
     """Start one handler in the current (the handler's own) context.
 
     Returns `None` if it finished, else the Task that goes on with it; a failure is raised here.
     `deferred` (3.11 only): an earlier handler starts on the next loop cycle, so this one does too.
     """
-    target, is_async, with_context = handler
+    target, is_async, with_context = handler[:3]
+    hooks = handler[3] if len(handler) > 3 else None
+    if hooks is not None:  # the hooks run here, as the core runs them for a sequential publish
+        target = functools.partial(run_hooks, hooks, target, is_async)
+        is_async, with_context = True, False  # `run_hooks` sets the context around the target
     loop = asyncio.get_running_loop()
     if deferred:
         return loop.create_task(_run_handler(target, is_async, with_context, event))

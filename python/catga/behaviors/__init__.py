@@ -4,10 +4,11 @@ They run in this fixed order, outermost first, with the user behaviours inside t
 `Logging → Tracing → Idempotency → RateLimit → ConcurrencyLimit → CircuitBreaker → Validation →
 DeadLetter → Retry → Timeout → Cache → user behaviours → handler`.
 
-None of them is implemented yet: each class takes and checks its settings, and says so with the
-class attribute `implemented = False`. `catga.Config.default()` leaves out every built-in that is
-not implemented, and a `catga.Mediator` whose config holds one raises `NotImplementedError` when it
-is built, so `catga.Mediator()` always works.
+Each class holds and checks the settings of one built-in; a `catga.Config` field holds an instance
+(or `None`: off). Logging, Validation, DeadLetter, Retry and Timeout run in Python around the
+handler (the middle chain, composed once per route); Idempotency, RateLimit, ConcurrencyLimit,
+CircuitBreaker and Cache run inside the core, without a Python frame; Tracing costs nothing until
+the observability issue. docs/behaviors.md explains each with an example.
 
 >>> from catga.behaviors import Retry
 >>> Retry(max_attempts=5)

@@ -1,11 +1,16 @@
 """The settings of the built-in behaviours: constructors, parameter checks and reprs.
 
-Each class here is what a `catga.Config` field holds. The behaviour itself (the code that runs per
-message) lands with the issue that implements it, which flips `implemented` to `True`.
+Each class here is what a `catga.Config` field holds. The code that runs per message lives in
+`catga.behaviors._chain` (Logging, Validation, DeadLetter, Retry, Timeout: the Python middle chain)
+and in the cores' hooks (Idempotency, RateLimit, ConcurrencyLimit, CircuitBreaker, Cache), see
+docs/internals.md. `implemented` says whether a built-in runs yet.
 """
 
+import asyncio
 import logging
-from collections.abc import Callable, Iterable
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from typing import ClassVar
 
 __all__ = [
@@ -28,9 +33,15 @@ Clock = Callable[[], float]
 
 
 class BuiltinBehavior:
-    """The base of the built-in behaviours' settings classes (private to catga)."""
+    """The base of the built-in behaviours' settings classes (private to catga).
 
-    __slots__ = ()
+    Two behaviours are equal when they are of one class with equal settings (their state, such as
+    a token bucket's tokens, does not count), so `Mediator().config == Config.default()`.
+    """
+
+    # `_state`: what the behaviour keeps while it runs (a token bucket, breakers, its store), made
+    # on first use by `catga.behaviors._hooks` and shared by every route (and mediator) using it.
+    __slots__ = ("_state",)
 
     implemented: ClassVar[bool] = False
     """Whether the behaviour runs. `False` for a built-in that has not landed yet."""
@@ -41,6 +52,18 @@ class BuiltinBehavior:
     def __repr__(self) -> str:
         args = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._params)
         return f"{type(self).__name__}({args})"
+
+    def _settings(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in (*self._params, "clock") if hasattr(self, name))
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, BuiltinBehavior)
+        return self._settings() == other._settings()
+
+    def __hash__(self) -> int:
+        return hash((type(self), self._settings()))
 
 
 # -------------------------------------------------------------------------------- parameter checks
@@ -112,10 +135,16 @@ def _exception_types(value: object) -> tuple[type[BaseException], ...]:
 class Logging(BuiltinBehavior):
     """Log every message on the `catga` logger at `level`, with its type, ids, duration and outcome.
 
+    One record per handled message, at `level` whatever the outcome, with the `extra` attributes
+    `message_type`, `message_id`, `correlation_id`, `duration` (seconds), `outcome` (`"success"`,
+    `"failure"` or `"cancelled"`) and `error`. Checked per message: when the logger does not take
+    `level`, nothing is measured or built.
+
     >>> Logging(level="INFO").level
     20
     """
 
+    implemented = True
     __slots__ = ("level",)
     _params = ("level",)
 
@@ -126,8 +155,12 @@ class Logging(BuiltinBehavior):
 
 
 class Tracing(BuiltinBehavior):
-    """Wrap every message in an OpenTelemetry span (a no-op until a tracer provider is set)."""
+    """Wrap every message in an OpenTelemetry span (a no-op until a tracer provider is set).
 
+    Until the observability issue lands it adds nothing to the pipeline: a route compiles it away.
+    """
+
+    implemented = True
     __slots__ = ()
 
 
@@ -138,6 +171,7 @@ class Idempotency(BuiltinBehavior):
     flight gets `Conflict`. `store=None` means the in-memory store.
     """
 
+    implemented = True
     __slots__ = ("clock", "store", "ttl")
     _params = ("store", "ttl")
 
@@ -158,6 +192,7 @@ class RateLimit(BuiltinBehavior):
     to `max_wait` seconds (`None`: as long as it takes). `per_type=True` keeps one bucket per type.
     """
 
+    implemented = True
     __slots__ = ("burst", "clock", "max_wait", "per_type", "rate", "wait")
     _params = ("rate", "burst", "wait", "max_wait", "per_type")
 
@@ -190,6 +225,7 @@ class ConcurrencyLimit(BuiltinBehavior):
     """At most `max_concurrent` messages in flight; waiting longer than `wait_timeout` fails with
     `ConcurrencyLimited`."""
 
+    implemented = True
     __slots__ = ("max_concurrent", "wait_timeout")
     _params = ("max_concurrent", "wait_timeout")
 
@@ -208,6 +244,7 @@ class CircuitBreaker(BuiltinBehavior):
     opens it again.
     """
 
+    implemented = True
     __slots__ = ("clock", "failure_threshold", "reset_timeout")
     _params = ("failure_threshold", "reset_timeout")
 
@@ -223,17 +260,25 @@ class CircuitBreaker(BuiltinBehavior):
 
 class Validation(BuiltinBehavior):
     """Check a message before its handler runs: registered validators, `validate(self)`, msgspec
-    constraints. Any error fails it with `ValidationError`."""
+    constraints. Any error fails it with `ValidationError` (never retried nor dead-lettered).
 
+    A type with no validator, no `validate` method and no msgspec constraint gets no validation
+    step at all.
+    """
+
+    implemented = True
     __slots__ = ()
 
 
 class DeadLetter(BuiltinBehavior):
     """Record messages that finally failed (after retries) in `mediator.dead_letters`.
 
-    `store=None` keeps the last `max_size` records in memory.
+    `store=None` keeps the last `max_size` records in memory (`catga.memory.MemoryDeadLetterStore`);
+    any object with the methods of `catga.stores.DeadLetterStore` may be passed instead.
+    `ValidationError`s are never recorded.
     """
 
+    implemented = True
     __slots__ = ("max_size", "store")
     _params = ("store", "max_size")
 
@@ -241,8 +286,16 @@ class DeadLetter(BuiltinBehavior):
     max_size: int
 
     def __init__(self, store: object | None = None, max_size: int = 1000) -> None:
+        if store is not None:
+            missing = [name for name in _DEAD_LETTER_STORE_METHODS if not callable(getattr(store, name, None))]
+            if missing:
+                names = ", ".join(f"`{name}`" for name in missing)
+                raise TypeError(f"`store` must be a dead-letter store, `{store!r}` has no {names}")
         self.store = store
         self.max_size = _positive_int("max_size", max_size)
+
+
+_DEAD_LETTER_STORE_METHODS = ("add", "list", "get", "update", "delete", "purge")
 
 
 class Retry(BuiltinBehavior):
@@ -251,11 +304,19 @@ class Retry(BuiltinBehavior):
     Retries retryable `CatgaError`s and the exception types in `retry_on`. The delay before attempt
     `n + 1` is `base_delay * 2**(n-1)`, capped at `max_delay`, randomised by ±`jitter` (a fraction).
 
+    A `retry_after` carried by the error (`RateLimited`, `CircuitOpen`) lengthens the delay to it,
+    up to `max_delay`. Other errors are raised at once; `ValidationError` is never retried.
+
+    The waits go through the private attributes `_sleep` (`asyncio.sleep`, for `send`) and
+    `_sleep_sync` (`time.sleep`, for `send_sync`), which tests may replace; `_random` gives the
+    jitter (`random.random`).
+
     >>> Retry(retry_on=ConnectionError).retry_on
     (<class 'ConnectionError'>,)
     """
 
-    __slots__ = ("base_delay", "jitter", "max_attempts", "max_delay", "retry_on")
+    implemented = True
+    __slots__ = ("_random", "_sleep", "_sleep_sync", "base_delay", "jitter", "max_attempts", "max_delay", "retry_on")
     _params = ("max_attempts", "base_delay", "max_delay", "jitter", "retry_on")
 
     max_attempts: int
@@ -283,11 +344,31 @@ class Retry(BuiltinBehavior):
         if self.jitter > 1:
             raise ValueError(f"`jitter` must be a fraction between 0 and 1, got `{jitter!r}`")
         self.retry_on = _exception_types(retry_on)
+        self._sleep: Callable[[float], Awaitable[object]] = asyncio.sleep
+        self._sleep_sync: Callable[[float], object] = time.sleep
+        self._random: Callable[[], float] = random.random
+
+    def _delay(self, attempt: int, error: BaseException | None) -> float:
+        """The wait after failed attempt number `attempt` (1-based) before the next one."""
+        max_delay = self.max_delay
+        delay = min(self.base_delay * 2.0 ** min(attempt - 1, 64), max_delay)
+        if self.jitter:
+            delay *= 1.0 + self.jitter * (2.0 * self._random() - 1.0)
+        retry_after = getattr(error, "retry_after", None)
+        if isinstance(retry_after, int | float) and retry_after > delay:
+            delay = min(float(retry_after), max(max_delay, delay))
+        return max(delay, 0.0)
 
 
 class Timeout(BuiltinBehavior):
-    """Cancel a handler that runs longer than `seconds`; the caller gets `catga.Timeout`."""
+    """Cancel a handler that runs longer than `seconds`; the caller gets `catga.Timeout`.
 
+    Each attempt of Retry gets its own `seconds` (Timeout sits inside Retry), and `catga.Timeout`
+    is retryable. A route whose handler and user behaviours are all sync cannot be interrupted:
+    Timeout leaves it alone.
+    """
+
+    implemented = True
     __slots__ = ("seconds",)
     _params = ("seconds",)
 
@@ -303,6 +384,7 @@ class Cache(BuiltinBehavior):
     `store=None` means the in-memory store.
     """
 
+    implemented = True
     __slots__ = ("clock", "store")
     _params = ("store",)
 

@@ -1,0 +1,174 @@
+"""The store protocols: what a backend must offer, and guarantee, to hold catga's shared state.
+
+Each protocol is a runtime-checkable `typing.Protocol` with async methods. `catga.memory` has the
+in-process implementations (the defaults); the Redis ones of the distributed issue implement the
+same protocols and pass the same contract tests (`tests/test_stores_contract.py`). The consistency
+each method promises is written in its docstring: a backend that cannot keep it is not a store.
+"""
+
+import enum
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeAlias, runtime_checkable
+
+if TYPE_CHECKING:
+    from catga._dead_letters import DeadLetterRecord
+
+__all__ = [
+    "CacheStore",
+    "ClaimResult",
+    "ClaimStatus",
+    "DeadLetterStore",
+    "IdempotencyKey",
+    "IdempotencyStore",
+]
+
+IdempotencyKey: TypeAlias = tuple[int, int]
+"""`(message_id, handler_key)`: the handler key is 0 for a request, and for an event handler a
+stable 64-bit hash of the handler's qualified name (the same in every process)."""
+
+
+class ClaimStatus(enum.IntEnum):
+    """What `IdempotencyStore.claim` found (the values of the core's `CLAIMED`, `IN_FLIGHT`, `COMPLETED`)."""
+
+    CLAIMED = 0
+    """The key was free: the caller now holds the claim and must `complete` or `release` it."""
+    IN_FLIGHT = 1
+    """Another caller holds the claim: the message is being handled right now."""
+    COMPLETED = 2
+    """The message was handled: `ClaimResult.value` is the stored result."""
+
+
+class ClaimResult(NamedTuple):
+    """The answer of `IdempotencyStore.claim`: a status and, when `COMPLETED`, the stored result.
+
+    A tuple, so `status, value = await store.claim(key)` works, as it does on the core's table.
+
+    >>> ClaimResult(ClaimStatus.COMPLETED, "order-1")
+    ClaimResult(status=<ClaimStatus.COMPLETED: 2>, value='order-1')
+    """
+
+    status: ClaimStatus
+    value: Any = None
+
+
+@runtime_checkable
+class IdempotencyStore(Protocol):
+    """Remembers which messages were handled, and their results, so each is handled at most once.
+
+    A key goes through `free → claimed → completed` (and `claimed → free` on `release`). Entries
+    expire `ttl` seconds after they were claimed or completed, and the key is then free again: a
+    completed message may run again after `ttl`, and a claim that is never completed or released
+    (its holder crashed) stops blocking its message. `ttl` is the store's (every implementation
+    takes it at construction), so a claim's lease and a result's lifetime are one setting.
+    """
+
+    @property
+    def ttl(self) -> float:
+        """Seconds an entry, a claim or a result, is kept."""
+        ...
+
+    async def claim(self, key: IdempotencyKey) -> ClaimResult:
+        """Claim `key` for handling, atomically.
+
+        Of any number of concurrent callers, in any number of processes sharing the store, exactly
+        one gets `CLAIMED` for a free key; the others get `IN_FLIGHT` until it is completed or
+        released. A completed key answers `COMPLETED` with the stored result (also `None`) until it
+        expires. Each call counts as a hit (`COMPLETED`) or a miss (otherwise) where the store
+        keeps counters.
+        """
+        ...
+
+    async def complete(self, key: IdempotencyKey, result: Any) -> None:
+        """Store `result` for `key`, for the store's `ttl`; the claim ends.
+
+        The result is stored whatever the key's state (its claim may have expired or been
+        released): the handler did run. Every `claim` that starts after this returns sees
+        `COMPLETED` with `result` (read your writes, across processes for a shared store). A store
+        that cannot keep `result` (it cannot be encoded, say) raises and stores nothing; the
+        caller then releases the claim and logs a warning.
+        """
+        ...
+
+    async def release(self, key: IdempotencyKey) -> None:
+        """End the claim on `key` without a result (the handler failed): the key is free again.
+
+        Releasing a key that is not claimed does nothing; a completed entry is not removed.
+        """
+        ...
+
+
+@runtime_checkable
+class CacheStore(Protocol):
+    """Query results by `(group, key)`, each kept for its own TTL.
+
+    `group` identifies a query type (`catga.behaviors._hooks.group_of`), `key` is the query's
+    encoded fields (`cache_key`), so a store can drop a whole type at once. Reads may be stale by
+    at most the entry's TTL unless an invalidation ran; there is no claim: two concurrent misses
+    both run the handler and the later `put` wins.
+    """
+
+    async def get(self, group: int, key: bytes) -> tuple[bool, Any]:
+        """`(True, value)` for a live entry (also when `value` is `None`), else `(False, None)`."""
+        ...
+
+    async def put(self, group: int, key: bytes, value: Any, ttl: float) -> None:
+        """Store `value`, replacing an entry under the same key, for `ttl` seconds.
+
+        A `get` that starts after this returns sees it. A value the store cannot keep raises; the
+        caller logs a warning and the query still succeeds.
+        """
+        ...
+
+    async def invalidate_group(self, group: int) -> None:
+        """Drop every entry of `group`: no `get` that starts after this returns sees one."""
+        ...
+
+    async def invalidate_where(self, group: int, predicate: Callable[[bytes], bool]) -> None:
+        """Drop the entries of `group` whose key satisfies `predicate` (called once per key).
+
+        No `get` that starts after this returns sees a dropped entry; entries put meanwhile may be
+        kept.
+        """
+        ...
+
+
+@runtime_checkable
+class DeadLetterStore(Protocol):
+    """Messages that finally failed, as `catga.DeadLetterRecord`s, oldest first.
+
+    Bounded: adding to a full store evicts the oldest record. A record's `id` is unique in the
+    store (adding a record whose `id` is stored replaces it, as the newest); `add`, `update` and
+    `delete` are atomic per record: a reader sees a record whole, before or after a change, and a
+    change is seen by every read that starts after it returned.
+    """
+
+    async def add(self, record: "DeadLetterRecord") -> None:
+        """Keep `record` as the newest, evicting the oldest when the store is full."""
+        ...
+
+    async def list(self, limit: int | None = 100) -> Sequence["DeadLetterRecord"]:
+        """Up to `limit` records (`None`: all), oldest first."""
+        ...
+
+    async def get(self, id: int) -> "DeadLetterRecord | None":
+        """The record with this `id`, or `None`."""
+        ...
+
+    async def update(self, record: "DeadLetterRecord") -> None:
+        """Replace the stored record with `record.id` (its place in the order is kept).
+
+        Updating a record that is no longer stored (deleted, evicted) does nothing.
+        """
+        ...
+
+    async def delete(self, id: int) -> bool:
+        """Remove the record with this `id`; whether there was one."""
+        ...
+
+    async def purge(self) -> int:
+        """Remove every record; how many there were."""
+        ...
+
+    async def count(self) -> int:
+        """How many records are stored."""
+        ...
