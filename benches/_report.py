@@ -32,7 +32,7 @@ FLOOR_TEXT = {
     "send-3-behaviours": "the same 3 behaviours + handler composed once, awaited directly",
     "publish-3": "three direct awaits",
     "new_id": "`time.time_ns()`",
-    "send-default": "`await handler(req)`",
+    "send-default": "`await handler(Ping())` (a fresh message per send on both sides)",
     "idempotency-hit": "`await handler(req)`",
     "try_acquire": "`time.monotonic()`",
     "store-8-threads": "the same claims and completions on one thread",

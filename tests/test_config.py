@@ -77,7 +77,6 @@ def test_fields_in_order() -> None:
 
 
 def test_presets() -> None:
-    assert all(cls.implemented for cls in BUILTINS)
     assert Config.minimal() == Config(**dict.fromkeys(FIELDS))
     assert all(getattr(Config.minimal(), name) is None for name in FIELDS)
     default = Config.default()
@@ -90,12 +89,6 @@ def test_presets() -> None:
             assert value is None, name
     assert default.retry == Retry()  # the documented defaults
     assert default.logging == Logging(level=logging.DEBUG)
-
-
-def test_default_leaves_out_a_builtin_that_is_not_implemented(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(Retry, "implemented", False)
-    assert Config.default().retry is None
-    assert isinstance(Config.default().logging, Logging)
 
 
 def test_presets_return_fresh_instances() -> None:
@@ -162,17 +155,6 @@ def test_mediator_builds_with_every_builtin() -> None:
     assert catga.Mediator(config=config).config is config
 
 
-def test_mediator_rejects_unimplemented_builtins(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The gate stays for built-ins of later issues (none today).
-    monkeypatch.setattr(Retry, "implemented", False)
-    monkeypatch.setattr(Timeout, "implemented", False)
-    with pytest.raises(NotImplementedError) as caught:
-        catga.Mediator(config=Config.resilient())
-    assert "`retry`" in str(caught.value)
-    assert "`timeout`" in str(caught.value)
-    assert "`logging`" not in str(caught.value)
-
-
 def test_mediator_always_builds_with_the_presets() -> None:
     assert catga.Mediator().config == Config.default()
     assert catga.Mediator(config=Config.minimal()).config == Config.minimal()
@@ -187,7 +169,6 @@ def test_behaviors_module_lists_every_builtin() -> None:
     assert sorted(behaviors.__all__) == sorted(cls.__name__ for cls in BUILTINS)
     for cls in BUILTINS:
         assert cls.__module__ == "catga.behaviors"
-        assert cls.implemented is True
         assert cls.__doc__
 
 

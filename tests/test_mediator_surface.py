@@ -55,6 +55,9 @@ PUBLIC = {
     # section 6
     "DeadLetterRecord",
     "DeadLetters",
+    # section 8
+    "memory",
+    "stores",
     "__version__",
 }
 

@@ -6,6 +6,7 @@ import pytest
 
 import catga
 from catga import ErrorCode, Result
+from catga._result import _FROM_CACHE, _NO_METADATA, _make
 
 
 def test_success() -> None:
@@ -75,6 +76,31 @@ def test_result_is_immutable() -> None:
     with pytest.raises(AttributeError):
         result.__dict__  # noqa: B018 - slots, no instance dict
     assert result.value == 1
+
+
+def test_every_constructor_seals_the_result() -> None:
+    # The constructors fill a private twin class and then switch it to `Result` (see `_Unsealed`).
+    error = catga.Conflict("message `1` is in flight")
+    results = [
+        Result.success(1),
+        Result.success(1, from_cache=True),
+        Result.failure(error),
+        Result.failure(error, attempt=2),
+        _make(1, None, _NO_METADATA),
+        _make(1, None, _FROM_CACHE),
+        _make(None, error, _NO_METADATA),
+    ]
+    for result in results:
+        assert type(result) is Result
+        assert isinstance(result, Result)
+        with pytest.raises(AttributeError, match="immutable"):
+            result._error = None
+        with pytest.raises(TypeError):
+            result.metadata["from_cache"] = False  # type: ignore[index]
+    assert results[4] == results[0]
+    assert results[5] == results[1]
+    assert results[5].metadata == {"from_cache": True}
+    assert results[6] == results[2]
 
 
 def test_results_are_built_by_the_class_methods() -> None:

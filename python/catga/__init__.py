@@ -95,8 +95,10 @@ __all__ = [
     "__version__",
     "behaviors",
     "current_context",
+    "memory",
     "new_id",
     "parse_id",
+    "stores",
     "wire_name",
 ]
 

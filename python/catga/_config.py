@@ -1,8 +1,7 @@
 """`Config`: which built-in behaviours a `Mediator` runs, and their settings (API.md section 5)."""
 
 import dataclasses
-from collections.abc import Callable
-from typing import Any, Final, Self
+from typing import Final, Self
 
 from catga.behaviors import (
     Cache,
@@ -20,16 +19,6 @@ from catga.behaviors import (
 from catga.behaviors._builtins import BuiltinBehavior
 
 __all__ = ["Config"]
-
-
-def _if_implemented(cls: type[BuiltinBehavior]) -> Callable[[], Any]:
-    """A default factory: a fresh `cls()` once that built-in is implemented, `None` until then."""
-
-    def factory() -> BuiltinBehavior | None:
-        return cls() if cls.implemented else None
-
-    factory.__qualname__ = f"default {cls.__name__}"
-    return factory
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -52,17 +41,17 @@ class Config:
 `concurrency_limit`, `circuit_breaker`, `validation`, `dead_letter`, `retry`, `timeout`, `idempotency`, `cache`
     """
 
-    logging: Logging | None = dataclasses.field(default_factory=_if_implemented(Logging))
-    tracing: Tracing | None = dataclasses.field(default_factory=_if_implemented(Tracing))
+    logging: Logging | None = dataclasses.field(default_factory=Logging)
+    tracing: Tracing | None = dataclasses.field(default_factory=Tracing)
     rate_limit: RateLimit | None = None
     concurrency_limit: ConcurrencyLimit | None = None
     circuit_breaker: CircuitBreaker | None = None
-    validation: Validation | None = dataclasses.field(default_factory=_if_implemented(Validation))
+    validation: Validation | None = dataclasses.field(default_factory=Validation)
     dead_letter: DeadLetter | None = None
-    retry: Retry | None = dataclasses.field(default_factory=_if_implemented(Retry))
+    retry: Retry | None = dataclasses.field(default_factory=Retry)
     timeout: Timeout | None = None
-    idempotency: Idempotency | None = dataclasses.field(default_factory=_if_implemented(Idempotency))
-    cache: Cache | None = dataclasses.field(default_factory=_if_implemented(Cache))
+    idempotency: Idempotency | None = dataclasses.field(default_factory=Idempotency)
+    cache: Cache | None = dataclasses.field(default_factory=Cache)
 
     def __post_init__(self) -> None:
         for name, cls in _FIELD_TYPES.items():

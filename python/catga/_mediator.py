@@ -25,7 +25,8 @@ from catga._dead_letters import DeadLetterRecord, DeadLetters
 from catga._errors import CatgaError, DuplicateHandler, HandlerFailed, HandlerNotFound, PublishError
 from catga._hook_runner import run_hooks, run_hooks_sync
 from catga._messages import Event, Message, Request, wire_name
-from catga._result import Result
+from catga._result import _FROM_CACHE, _NO_METADATA, Result
+from catga._result import _make as _make_result
 from catga.behaviors import _hooks
 from catga.behaviors._chain import HandlerInfo, compose
 from catga.behaviors._hooks import BuiltinPlan, plan_builtins
@@ -131,20 +132,14 @@ class Mediator(Dispatcher):
 
         `config`: the built-in behaviours (`Config.default()` when `None`). `publish`:
         `"sequential"` runs event handlers one after another; `"concurrent"` starts them all eagerly
-        and turns only those that suspend into tasks. `transport`: not implemented yet.
+        and turns only those that suspend into tasks. `transport`: not implemented
+        yet (transports arrive with their issue); anything but `None` raises `NotImplementedError`.
         """
         super().__init__()
         if config is None:
             config = Config.default()
         elif not isinstance(config, Config):
             raise TypeError(f"`config` must be a `catga.Config`, got `{config!r}`")
-        missing = [name for name, behavior in config._enabled().items() if not type(behavior).implemented]
-        if missing:
-            names = ", ".join(f"`{name}`" for name in missing)
-            raise NotImplementedError(
-                f"built-in behaviours not implemented yet: {names}; leave them out of the config "
-                "(`Config.default()` and `Config.minimal()` do)"
-            )
         if publish not in ("sequential", "concurrent"):
             raise ValueError(f"`publish` must be `sequential` or `concurrent`, got `{publish!r}`")
         if transport is not None:
@@ -550,10 +545,11 @@ class Mediator(Dispatcher):
             else:
                 value, from_cache = await self.send_meta(request)
         except CatgaError as exc:
-            return Result.failure(exc)
+            return _make_result(None, exc, _NO_METADATA)
         except Exception as exc:
-            return Result.failure(_handler_failed(request, exc))
-        return Result.success(value, from_cache=True) if from_cache else Result.success(value)
+            return _make_result(None, _handler_failed(request, exc), _NO_METADATA)
+        # `Result.success(value[, from_cache=True])` without its keyword handling.
+        return _make_result(value, None, _FROM_CACHE if from_cache else _NO_METADATA)
 
     @overload
     async def send_many(self, requests: Iterable[Request[T]], /) -> list[Result[T]]: ...

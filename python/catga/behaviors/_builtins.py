@@ -3,7 +3,7 @@
 Each class here is what a `catga.Config` field holds. The code that runs per message lives in
 `catga.behaviors._chain` (Logging, Validation, DeadLetter, Retry, Timeout: the Python middle chain)
 and in the cores' hooks (Idempotency, RateLimit, ConcurrencyLimit, CircuitBreaker, Cache), see
-docs/internals.md. `implemented` says whether a built-in runs yet.
+docs/internals.md.
 """
 
 import asyncio
@@ -42,9 +42,6 @@ class BuiltinBehavior:
     # `_state`: what the behaviour keeps while it runs (a token bucket, breakers, its store), made
     # on first use by `catga.behaviors._hooks` and shared by every route (and mediator) using it.
     __slots__ = ("_state",)
-
-    implemented: ClassVar[bool] = False
-    """Whether the behaviour runs. `False` for a built-in that has not landed yet."""
 
     _params: ClassVar[tuple[str, ...]] = ()
     """The constructor parameters shown by `repr`, in order."""
@@ -144,7 +141,6 @@ class Logging(BuiltinBehavior):
     20
     """
 
-    implemented = True
     __slots__ = ("level",)
     _params = ("level",)
 
@@ -160,7 +156,6 @@ class Tracing(BuiltinBehavior):
     Until the observability issue lands it adds nothing to the pipeline: a route compiles it away.
     """
 
-    implemented = True
     __slots__ = ()
 
 
@@ -171,7 +166,6 @@ class Idempotency(BuiltinBehavior):
     flight gets `Conflict`. `store=None` means the in-memory store.
     """
 
-    implemented = True
     __slots__ = ("clock", "store", "ttl")
     _params = ("store", "ttl")
 
@@ -192,7 +186,6 @@ class RateLimit(BuiltinBehavior):
     to `max_wait` seconds (`None`: as long as it takes). `per_type=True` keeps one bucket per type.
     """
 
-    implemented = True
     __slots__ = ("burst", "clock", "max_wait", "per_type", "rate", "wait")
     _params = ("rate", "burst", "wait", "max_wait", "per_type")
 
@@ -225,7 +218,6 @@ class ConcurrencyLimit(BuiltinBehavior):
     """At most `max_concurrent` messages in flight; waiting longer than `wait_timeout` fails with
     `ConcurrencyLimited`."""
 
-    implemented = True
     __slots__ = ("max_concurrent", "wait_timeout")
     _params = ("max_concurrent", "wait_timeout")
 
@@ -244,7 +236,6 @@ class CircuitBreaker(BuiltinBehavior):
     opens it again.
     """
 
-    implemented = True
     __slots__ = ("clock", "failure_threshold", "reset_timeout")
     _params = ("failure_threshold", "reset_timeout")
 
@@ -266,7 +257,6 @@ class Validation(BuiltinBehavior):
     step at all.
     """
 
-    implemented = True
     __slots__ = ()
 
 
@@ -278,7 +268,6 @@ class DeadLetter(BuiltinBehavior):
     `ValidationError`s are never recorded.
     """
 
-    implemented = True
     __slots__ = ("max_size", "store")
     _params = ("store", "max_size")
 
@@ -315,7 +304,6 @@ class Retry(BuiltinBehavior):
     (<class 'ConnectionError'>,)
     """
 
-    implemented = True
     __slots__ = ("_random", "_sleep", "_sleep_sync", "base_delay", "jitter", "max_attempts", "max_delay", "retry_on")
     _params = ("max_attempts", "base_delay", "max_delay", "jitter", "retry_on")
 
@@ -368,7 +356,6 @@ class Timeout(BuiltinBehavior):
     Timeout leaves it alone.
     """
 
-    implemented = True
     __slots__ = ("seconds",)
     _params = ("seconds",)
 
@@ -384,7 +371,6 @@ class Cache(BuiltinBehavior):
     `store=None` means the in-memory store.
     """
 
-    implemented = True
     __slots__ = ("clock", "store")
     _params = ("store",)
 
