@@ -26,6 +26,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Final, final
 
+# One conversion of clock readings for every `clock=` argument, and one saturation rule.
+from catga._pure._limits import _elapsed_ns, _read
+
 __all__ = ["CLAIMED", "COMPLETED", "IN_FLIGHT", "CacheTable", "IdempotencyTable", "handler_key"]
 
 CLAIMED: Final = 0
@@ -127,21 +130,6 @@ def _ttl_ns(value: object, default: int | None = None) -> int:
     return min(max(int(seconds * 1e9), 1), _U64)
 
 
-def _read(clock: Callable[[], float]) -> float:
-    # The limiters' clock reading (`_limits._read`), so every clock `clock=` takes behaves alike.
-    value: object = clock()
-    if type(value) is not float:
-        if isinstance(value, str | bytes | bytearray):
-            raise TypeError(f"clock must return monotonic seconds as a float, got `{value!r}`")
-        try:
-            value = float(value)  # type: ignore[arg-type]
-        except TypeError:
-            raise TypeError(f"clock must return monotonic seconds as a float, got `{value!r}`") from None
-    if not math.isfinite(value):
-        raise ValueError(f"clock reading `{value!r}` must be a finite number of seconds")
-    return value
-
-
 def _clock(clock: Callable[[], float] | None) -> _Clock:
     """Nanoseconds since now: `floor((reading - first reading) * 1e9)`, 0 before the first reading,
     saturating at 2**64 - 1 (`catga_core::monotonic::elapsed_ns`)."""
@@ -149,14 +137,7 @@ def _clock(clock: Callable[[], float] | None) -> _Clock:
         origin_ns = time.monotonic_ns()
         return lambda: time.monotonic_ns() - origin_ns
     origin = _read(clock)
-
-    def now() -> int:
-        ns = (_read(clock) - origin) * 1e9
-        if ns <= 0:
-            return 0
-        return _U64 if ns >= _TWO_64 else int(ns)
-
-    return now
+    return lambda: _elapsed_ns(_read(clock), origin)
 
 
 def _max_entries(value: object, default: int) -> int:

@@ -53,7 +53,8 @@ impl Clock {
 }
 
 /// One reading of a Python clock: a finite float (an int or anything with `__float__` will do).
-fn read(callable: &Bound<'_, PyAny>) -> PyResult<f64> {
+/// Every `clock=` argument (limiters, breaker, stores) is read through this one conversion.
+pub(crate) fn read(callable: &Bound<'_, PyAny>) -> PyResult<f64> {
     let value = callable.call0()?;
     let seconds = value.extract::<f64>().map_err(|error| {
         if error.is_instance_of::<PyTypeError>(value.py()) {

@@ -13,14 +13,15 @@ use std::sync::{Mutex, PoisonError};
 use catga_core::cache::CacheTable;
 use catga_core::error::float_repr;
 use catga_core::idempotency::{ttl_ns, Claim, IdempotencyTable, Key};
-use catga_core::monotonic::{check_reading, elapsed_ns, Monotonic};
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use catga_core::monotonic::{elapsed_ns, Monotonic};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::errors::to_py;
+use crate::limits::read;
 
 /// `claim` statuses, exported as module constants.
 pub(crate) const CLAIMED: u8 = 0;
@@ -79,21 +80,6 @@ impl TableClock {
             drop(callable);
         }
     }
-}
-
-/// One reading of a Python clock: a finite float (an int or anything with `__float__` will do).
-/// The same conversion and messages as the limiters' clocks.
-fn read(callable: &Bound<'_, PyAny>) -> PyResult<f64> {
-    let value = callable.call0()?;
-    let seconds = value.extract::<f64>().map_err(|error| {
-        if error.is_instance_of::<PyTypeError>(value.py()) {
-            let shown = value.repr().map_or_else(|_| "?".to_owned(), |r| r.to_string());
-            PyTypeError::new_err(format!("clock must return monotonic seconds as a float, got `{shown}`"))
-        } else {
-            error
-        }
-    })?;
-    check_reading(seconds).map_err(to_py)
 }
 
 fn u64_arg(value: &Bound<'_, PyAny>, name: &str) -> PyResult<u64> {
