@@ -6,6 +6,7 @@ independently of the real tables, buckets and breakers (tested in their own file
 """
 
 import asyncio
+import gc
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -400,3 +401,25 @@ def test_a_malformed_hooks_entry_is_rejected_on_await() -> None:
     routes.routes = {Msg: (False, ((recording_target(Calls()), True, False, "not hooks"),))}
     with pytest.raises(TypeError, match=r"`hooks` must be a `Hooks` or None"):
         run(routes.send(Msg()))
+
+
+def test_an_awaitable_dropped_while_its_handler_is_suspended_gives_back_what_it_holds() -> None:
+    calls = Calls()
+
+    async def slow(message: Any) -> None:
+        calls.append(("target",))
+        await asyncio.sleep(10)
+
+    hooks = _core.Hooks(idempotency=(Table(calls), 0), breaker=Breaker(calls), errors=Errors())
+    routes = dispatcher(slow, hooks)
+
+    async def main() -> None:
+        pending = routes.send(Msg())
+        pending.send(None)  # type: ignore[attr-defined]  # runs up to the handler's first suspension
+        assert calls.names() == ["claim", "allow", "target"]
+        del pending  # never resumed: collecting it must still release the claim and the probe
+        gc.collect()
+
+    asyncio.run(main())
+    assert calls.names() == ["claim", "allow", "target", "record_ignored", "release"]
+    assert _core.CURRENT_MESSAGE.get() is None

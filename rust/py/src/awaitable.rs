@@ -103,10 +103,18 @@ impl Drop for AttachedRun {
     fn drop(&mut self) {
         // SAFETY: `self.0` is not used after this.
         let mut run = unsafe { ManuallyDrop::take(&mut self.0) };
+        // A dealloc may run while an exception propagates: giving back what the run holds calls
+        // Python code, which must neither see nor clobber that exception.
+        // SAFETY: attached (a drop of a `Pending` happens in its slots or in PyO3 methods).
+        let pending = unsafe { PendingError::take() };
         Python::attach(|py| {
             run.abandon(py);
             drop(run);
         });
+        if let Some(pending) = pending {
+            // SAFETY: as above.
+            unsafe { pending.restore() };
+        }
     }
 }
 
