@@ -206,7 +206,9 @@ def test_constructors_take_the_documented_positional_order() -> None:
     )
     rate = RateLimit(1.5, 3, True, 2.0, True)
     assert (rate.rate, rate.burst, rate.wait, rate.max_wait, rate.per_type) == (1.5, 3, True, 2.0, True)
-    assert Idempotency("store", 60).store == "store"
+    idempotency_store = catga.memory.MemoryIdempotencyStore(ttl=60.0)
+    idempotency = Idempotency(idempotency_store, 60.0)
+    assert (idempotency.store, idempotency.ttl) == (idempotency_store, 60.0)
     store = catga.memory.MemoryDeadLetterStore()
     dead_letter = DeadLetter(store, 5)
     assert (dead_letter.store, dead_letter.max_size) == (store, 5)

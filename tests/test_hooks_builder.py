@@ -168,16 +168,15 @@ def test_the_clock_reaches_the_default_store() -> None:
     assert table.claim(1, 0)[0] == _core.CLAIMED
 
 
-def test_a_store_that_is_not_one() -> None:
-    config = MINIMAL.with_(idempotency=Idempotency(store=object()))
+def test_a_store_that_is_not_one_is_rejected_at_construction() -> None:
     with pytest.raises(TypeError, match=r"`Idempotency\(store=...\)` must be a `catga.stores.IdempotencyStore`"):
-        hooks(config, CreateOrder)
+        Idempotency(store=object())
 
 
-def test_a_ttl_that_contradicts_the_store() -> None:
+def test_a_ttl_that_contradicts_the_store_is_rejected_at_construction() -> None:
     store = MemoryIdempotencyStore(ttl=60.0)
     with pytest.raises(ValueError, match=r"`Idempotency\(ttl=30.0\)` differs from the `ttl` of its store"):
-        hooks(MINIMAL.with_(idempotency=Idempotency(store=store, ttl=30.0)), CreateOrder)
+        Idempotency(store=store, ttl=30.0)
     # The default ttl leaves the store's in charge.
     assert hooks(MINIMAL.with_(idempotency=Idempotency(store=store)), CreateOrder).idempotency[0] is store.table
 

@@ -177,6 +177,22 @@ class Idempotency(BuiltinBehavior):
         self.store = store
         self.ttl = _positive("ttl", ttl)
         self.clock = _clock(clock)
+        if store is not None:
+            _check_idempotency_store(store, self.ttl)
+
+
+def _check_idempotency_store(store: object, ttl: float) -> None:
+    """Bad settings fail where they are written, not at the first send."""
+    from catga.stores import IdempotencyStore  # here: catga.stores imports the behaviours' module
+
+    if not isinstance(store, IdempotencyStore):
+        raise TypeError(f"`Idempotency(store=...)` must be a `catga.stores.IdempotencyStore`, got `{store!r}`")
+    store_ttl = getattr(store, "ttl", None)
+    if ttl != 86400.0 and store_ttl is not None and ttl != store_ttl:
+        raise ValueError(
+            f"`Idempotency(ttl={ttl!r})` differs from the `ttl` of its store `{store!r}`: "
+            "the store's TTL applies, set it there"
+        )
 
 
 class RateLimit(BuiltinBehavior):
