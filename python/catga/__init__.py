@@ -105,11 +105,14 @@ __all__ = [
 # Submodules reachable as `catga.<name>` after a plain `import catga`, and the extra (pip install
 # catga[<extra>]) each needs beyond the core dependencies, if any. A name whose module does not
 # exist yet raises AttributeError like any missing attribute. To come: "redis": "redis",
-# "postgres": "postgres", "nats": "nats", "asgi": "server", "health": "server",
-# "observability": None, "compat": None.
+# "postgres": "postgres", "nats": "nats", "compat": None. `asgi` has no dependencies of its own
+# (`catga[server]` only adds uvicorn to run it).
 _SUBMODULES: dict[str, str | None] = {
+    "asgi": None,
     "behaviors": None,
+    "health": None,
     "memory": None,
+    "observability": None,
     "stores": None,
 }
 

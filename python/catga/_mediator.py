@@ -702,6 +702,11 @@ class Mediator(Dispatcher):
 
     # --------------------------------------------------------------------------------- lifecycle
 
+    @property
+    def running(self) -> bool:
+        """Whether `start()` ran and `stop()` has not (the health checks' "mediator started")."""
+        return self._running
+
     async def start(self) -> None:
         """Start the mediator's transports and background work (none in process: a state flag)."""
         self._running = True
