@@ -380,3 +380,93 @@ class CircuitBreaker:
     @property
     def reset_timeout(self) -> float:
         """Seconds from opening until a probe is let through."""
+
+# ------------------------------------------------------------------------------------------ metrics
+# The pipeline records per-message metrics from the core without a Python call; these classes are
+# where they go, and how exporters read them. Recording is lock-free in the native core.
+
+OUTCOME_SUCCESS: Final[int]
+"""`TypeMetrics.leave`/`handler_done` outcome: the handler returned."""
+
+OUTCOME_FAILURE: Final[int]
+"""`TypeMetrics.leave`/`handler_done` outcome: the handler raised."""
+
+OUTCOME_CANCELLED: Final[int]
+"""`TypeMetrics.leave`/`handler_done` outcome: the handler was cancelled."""
+
+COUNTER_RETRY_ATTEMPTS: Final[int]
+"""`TypeMetrics.count` counter: attempts the Retry behaviour made after the first."""
+
+COUNTER_IDEMPOTENCY_HITS: Final[int]
+"""`TypeMetrics.count` counter: messages answered from the idempotency table."""
+
+COUNTER_IDEMPOTENCY_MISSES: Final[int]
+"""`TypeMetrics.count` counter: messages the idempotency table let through to the handler."""
+
+COUNTER_RATE_LIMIT_REJECTED: Final[int]
+"""`TypeMetrics.count` counter: messages the rate limit refused."""
+
+COUNTER_CONCURRENCY_REJECTED: Final[int]
+"""`TypeMetrics.count` counter: messages the concurrency limit refused."""
+
+COUNTER_DEAD_LETTERS: Final[int]
+"""`TypeMetrics.count` counter: messages sent to the dead-letter store."""
+
+DURATION_BUCKETS: Final[tuple[float, ...]]
+"""Upper bounds (Prometheus `le`, inclusive) of the duration histogram, in seconds: 5µs, 10µs, 25µs,
+50µs, 100µs, 250µs, 500µs, 1ms, 2.5ms, 5ms, 10ms, 25ms, 50ms, 100ms, 250ms, 500ms, 1s, 2.5s, 5s, 10s."""
+
+@final
+class TypeMetrics:
+    """The metrics of one message type: messages by outcome, their durations, those running, event
+    handlers by outcome, and the behaviours' counters.
+
+    `seconds` is rounded half up to whole nanoseconds (`floor(seconds * 1e9 + 0.5)`, saturating at
+    `2**64 - 1`) and counted in the first bucket whose bound is `>=` it, or the overflow bucket.
+    Outcomes are `OUTCOME_*` (0-2) and counters `COUNTER_*` (0-5); another int raises `ValueError`,
+    a value that is not an int `TypeError`; so do NaN, infinite and negative `seconds` and a
+    negative `n`. Sums and counters saturate at `2**64 - 1`. Usually made by
+    `MetricsRegistry.for_type`; one made directly belongs to no registry.
+
+    `snapshot()` returns `{"kind", "type", "messages": {"success", "failure", "cancelled"},
+    "duration": {"buckets": [21 counts, non-cumulative, the last above 10 s], "sum": seconds,
+    "count"}, "active", "publish_handlers": {"success", "failure", "cancelled"}, "retry_attempts",
+    "idempotency_hits", "idempotency_misses", "rate_limit_rejected", "concurrency_rejected",
+    "dead_letters"}`. A snapshot taken while messages are recorded may be mid-message (counted
+    and not yet timed); each number is exact once its writers are done.
+    """
+
+    def __new__(cls, kind: str, type: str, /) -> TypeMetrics: ...
+    @property
+    def kind(self) -> str:
+        """The kind of message: `"command"`, `"query"`, `"event"`, ..."""
+    @property
+    def type(self) -> str:
+        """The message type's name."""
+    def enter(self) -> None:
+        """A message starts."""
+    def leave(self, outcome: int, seconds: float) -> None:
+        """A message ends with `outcome` after `seconds`."""
+    def handler_done(self, outcome: int) -> None:
+        """One event handler of a publish finished with `outcome`."""
+    def count(self, counter: int, n: int = 1) -> None:
+        """Add `n` to `counter`."""
+    def snapshot(self) -> dict[str, Any]:
+        """The numbers now, as a dict."""
+
+@final
+class MetricsRegistry:
+    """The metrics of every message type, created on first use.
+
+    >>> registry = MetricsRegistry()
+    >>> registry.for_type("command", "orders.create") is registry.for_type("command", "orders.create")
+    True
+    """
+
+    def __new__(cls) -> MetricsRegistry: ...
+    def for_type(self, kind: str, type: str, /) -> TypeMetrics:
+        """The metrics of `(kind, type)`: the same object every time, created on the first call."""
+    def snapshot(self) -> list[dict[str, Any]]:
+        """One dict per type (see `TypeMetrics.snapshot`), sorted by `(type, kind)`."""
+    def __len__(self) -> int:
+        """The number of types."""

@@ -12,6 +12,7 @@ pub mod error;
 pub mod idempotency;
 pub mod ids;
 pub mod limiter;
+pub mod metrics;
 pub mod monotonic;
 pub mod pipeline;
 
@@ -23,5 +24,6 @@ pub use error::CoreError;
 pub use idempotency::{handler_key, Claim, IdempotencyTable, Key};
 pub use ids::{Clock, IdGenerator, IdParts, Layout, SystemClock, DEFAULT_EPOCH_MS, DEFAULT_LAYOUT};
 pub use limiter::TokenBucket;
+pub use metrics::{Counter, Outcome, Registry as MetricsRegistry, TypeMetrics, TypeSnapshot, DURATION_BUCKETS_NS};
 pub use monotonic::Monotonic;
 pub use pipeline::{FanOut, FanOutOutcome, HandlerSpec, Mode, Stage};

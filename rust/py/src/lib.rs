@@ -9,6 +9,7 @@ mod errors;
 mod hooks;
 mod ids;
 mod limits;
+mod metrics;
 mod raw;
 mod route;
 mod stores;
@@ -28,6 +29,8 @@ mod _catga {
     #[pymodule_export]
     use crate::limits::{PyCircuitBreaker, PyConcurrencyLimiter, PyTokenBucket};
     #[pymodule_export]
+    use crate::metrics::{PyMetricsRegistry, PyTypeMetrics};
+    #[pymodule_export]
     use crate::stores::{handler_key, PyCacheTable, PyIdempotencyTable};
     #[pymodule_export]
     const CLAIMED: u8 = crate::stores::CLAIMED;
@@ -35,12 +38,33 @@ mod _catga {
     const IN_FLIGHT: u8 = crate::stores::IN_FLIGHT;
     #[pymodule_export]
     const COMPLETED: u8 = crate::stores::COMPLETED;
+    #[pymodule_export]
+    const OUTCOME_SUCCESS: u8 = Outcome::Success as u8;
+    #[pymodule_export]
+    const OUTCOME_FAILURE: u8 = Outcome::Failure as u8;
+    #[pymodule_export]
+    const OUTCOME_CANCELLED: u8 = Outcome::Cancelled as u8;
+    #[pymodule_export]
+    const COUNTER_RETRY_ATTEMPTS: u8 = Counter::RetryAttempts as u8;
+    #[pymodule_export]
+    const COUNTER_IDEMPOTENCY_HITS: u8 = Counter::IdempotencyHits as u8;
+    #[pymodule_export]
+    const COUNTER_IDEMPOTENCY_MISSES: u8 = Counter::IdempotencyMisses as u8;
+    #[pymodule_export]
+    const COUNTER_RATE_LIMIT_REJECTED: u8 = Counter::RateLimitRejected as u8;
+    #[pymodule_export]
+    const COUNTER_CONCURRENCY_REJECTED: u8 = Counter::ConcurrencyRejected as u8;
+    #[pymodule_export]
+    const COUNTER_DEAD_LETTERS: u8 = Counter::DeadLetters as u8;
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
         let py = m.py();
         m.add("__version__", env!("CARGO_PKG_VERSION"))?;
         m.add("DEFAULT_EPOCH_MS", catga_core::DEFAULT_EPOCH_MS)?;
+        #[allow(clippy::cast_precision_loss)] // the bounds are at most 1e10, exact as doubles
+        let buckets = DURATION_BUCKETS_NS.map(|ns| ns as f64 / 1e9);
+        m.add("DURATION_BUCKETS", PyTuple::new(py, buckets)?)?;
         let current = py
             .import("contextvars")?
             .getattr("ContextVar")?
@@ -62,5 +86,6 @@ mod _catga {
         Ok(())
     }
 
-    use pyo3::types::IntoPyDict;
+    use catga_core::metrics::{Counter, Outcome, DURATION_BUCKETS_NS};
+    use pyo3::types::{IntoPyDict, PyTuple};
 }
