@@ -16,6 +16,7 @@ from catga.behaviors import (
     DeadLetter,
     Idempotency,
     Logging,
+    Metrics,
     RateLimit,
     Retry,
     Timeout,
@@ -27,6 +28,7 @@ from catga.behaviors._builtins import BuiltinBehavior
 FIELDS = [
     "logging",
     "tracing",
+    "metrics",
     "rate_limit",
     "concurrency_limit",
     "circuit_breaker",
@@ -40,6 +42,7 @@ FIELDS = [
 BUILTINS: list[type[BuiltinBehavior]] = [
     Logging,
     Tracing,
+    Metrics,
     RateLimit,
     ConcurrencyLimit,
     CircuitBreaker,
@@ -52,6 +55,7 @@ BUILTINS += [Idempotency, Cache]
 BUILTINS_IN_FIELD_ORDER: list[type[BuiltinBehavior]] = [
     Logging,
     Tracing,
+    Metrics,
     RateLimit,
     ConcurrencyLimit,
     CircuitBreaker,
@@ -62,7 +66,7 @@ BUILTINS_IN_FIELD_ORDER: list[type[BuiltinBehavior]] = [
     Idempotency,
     Cache,
 ]
-DEFAULT_ON = {"logging", "tracing", "validation", "retry", "idempotency", "cache"}
+DEFAULT_ON = {"logging", "tracing", "metrics", "validation", "retry", "idempotency", "cache"}
 
 
 def clock() -> float:

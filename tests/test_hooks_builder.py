@@ -6,6 +6,7 @@ on the behaviour instances. Also the cache keys, groups, opt-in and invalidation
 hooks' error factory.
 """
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -96,9 +97,23 @@ def hooks(config: catga.Config, message_type: type, handler: str = "shop.handle"
 def test_no_bookkeeping_no_hooks() -> None:
     assert hooks(MINIMAL, CreateOrder) is None
     assert plan(MINIMAL, CreateOrder) == (None, (), None)
-    # Logging, Validation, Retry... are the middle chain's, not hooks.
-    config = catga.Config.default().with_(idempotency=None)
+    # Validation, Retry... are the middle chain's, not hooks.
+    config = catga.Config.default().with_(idempotency=None, logging=None, tracing=None, metrics=None)
     assert hooks(config, CreateOrder) is None
+
+
+def test_observing_builtins_are_hooks() -> None:
+    config = catga.Config.default().with_(idempotency=None)
+    built = hooks(config, CreateOrder)
+    assert isinstance(built, _core.Hooks)
+    assert repr(built) == "Hooks(logging, tracing, metrics)"
+    assert built.idempotency is None
+    logger, level, log = built.logging
+    assert (logger.name, level, callable(log)) == ("catga", logging.DEBUG, True)
+    metrics, role = built.metrics
+    assert (metrics.kind, metrics.type, role) == ("command", catga.wire_name(CreateOrder), "message")
+    tracer_outer_inner = built.tracing[3:]
+    assert tracer_outer_inner == ("send", "handle")
 
 
 def test_idempotency_needs_a_message_id() -> None:

@@ -99,13 +99,15 @@ async def test_resilient_with_changes() -> None:
     assert await mediator.send(Reserve("a")) == "ok"
 
 
-def test_tracing_costs_nothing() -> None:
+def test_tracing_is_a_hook_around_the_handler_itself() -> None:
     async def reserve(cmd: Reserve) -> str:
         return ""
 
     mediator = catga.Mediator(config=Config.minimal().with_(tracing=Tracing()))
     mediator.register(Reserve, reserve)
-    assert mediator._route(Reserve)[1][0] == (reserve, True, True)
+    target, is_async, with_context, hooks = mediator._route(Reserve)[1][0]
+    assert (target, is_async, with_context) == (reserve, True, True)  # no Python layer
+    assert repr(hooks) == "Hooks(tracing)"
 
 
 def test_the_chain_is_composed_once_per_route() -> None:
@@ -192,7 +194,8 @@ async def test_a_remote_idempotency_store_runs_as_layers_and_reports_replays() -
     assert (await mediator.send_result(message)).metadata.get("from_cache") is None
     assert (await mediator.send_result(message)).metadata["from_cache"] is True
     assert calls == ["a"]
-    assert len(mediator._route(Reserve)[1][0]) == 3  # no core hooks: Python layers instead
+    hooks = mediator._route(Reserve)[1][0][3]
+    assert repr(hooks) == "Hooks(logging, tracing, metrics)"  # no bookkeeping hooks: Python layers instead
     with pytest.raises(catga.ValidationError):
         await mediator.send(Reserve(""))
     with pytest.raises(TypeError, match="remote idempotency or cache store"):

@@ -85,27 +85,33 @@ def parse_id(id: int) -> IdParts:
 def default_generator() -> IdGenerator:
     """The process-wide generator that `new_id()` uses."""
 
-Route = tuple[bool, tuple[tuple[Callable[[Any], Any], bool, bool], ...]]
-"""A compiled route: `(is_event, ((target, is_async, with_context), ...))`.
+Route = tuple[Any, ...]
+"""A compiled route: `(is_event, ((target, is_async, with_context[, hooks]), ...)[, observer])`.
 
 `target(message)` runs the handler with its user behaviours and returns a coroutine when `is_async`,
 else the result. `with_context` sets `CURRENT_MESSAGE` while it runs. A handler entry may carry a
-fourth item, its `Hooks` (or `None`), see docs/internals.md.
+fourth item, its `Hooks` (or `None`); an event route may carry a third, the `Hooks` that observe the
+whole publish (or `None`). See docs/internals.md.
 """
 
 @final
 class Hooks:
-    """The bookkeeping behaviours of one route handler, run by the core around its target.
+    """The built-ins of one route handler that the core runs around its target.
 
-    Each argument is `None` when that behaviour is off for the route (docs/internals.md, "Built-in
-    behaviours"): `idempotency=(table, handler_key)`, `rate_limit=(bucket, wait, max_wait)`,
+    Each argument is `None` when that behaviour is off for the route. Observing (docs/internals.md,
+    "Observation"): `logging=(logger, level, log)`, `tracing=(switch, key, tracer, outer, inner)`,
+    `metrics=(type_metrics, "message" | "handler")`. Bookkeeping ("Built-in behaviours"):
+    `idempotency=(table, handler_key)`, `rate_limit=(bucket, wait, max_wait)`,
     `concurrency=(limiter, permits_or_None)`, `breaker=breaker`, `cache=(table, group, key, ttl)`;
-    `errors` makes the errors they raise and is required when any is set.
+    `errors` makes the errors they raise and is required when any bookkeeping hook is set.
     """
 
     def __new__(
         cls,
         *,
+        logging: tuple[Any, int, Callable[..., Any]] | None = None,
+        tracing: tuple[Any, Any, Any, str | None, str | None] | None = None,
+        metrics: tuple[Any, str] | None = None,
         idempotency: tuple[Any, int] | None = None,
         rate_limit: tuple[Any, bool, float | None] | None = None,
         concurrency: tuple[Any, Any] | None = None,
@@ -113,6 +119,12 @@ class Hooks:
         cache: tuple[Any, int, Callable[[Any], bytes], float] | None = None,
         errors: Any = None,
     ) -> Hooks: ...
+    @property
+    def logging(self) -> tuple[Any, int, Callable[..., Any]] | None: ...
+    @property
+    def tracing(self) -> tuple[Any, Any, Any, str | None, str | None] | None: ...
+    @property
+    def metrics(self) -> tuple[Any, str] | None: ...
     @property
     def idempotency(self) -> tuple[Any, int] | None: ...
     @property

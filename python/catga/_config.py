@@ -10,6 +10,7 @@ from catga.behaviors import (
     DeadLetter,
     Idempotency,
     Logging,
+    Metrics,
     RateLimit,
     Retry,
     Timeout,
@@ -25,8 +26,8 @@ __all__ = ["Config"]
 class Config:
     """The built-in behaviours of a `Mediator`: each field holds a behaviour or `None` (off).
 
-    `Config()` is `Config.default()`: Logging, Tracing, Validation, Retry, Idempotency and Cache on,
-    the rest off; keyword arguments change single fields. Every call builds fresh behaviour
+    `Config()` is `Config.default()`: Logging, Tracing, Metrics, Validation, Retry, Idempotency and
+    Cache on, the rest off; keyword arguments change single fields. Every call builds fresh behaviour
     instances, so mediators never share state (a behaviour instance passed to two mediators is
     shared: one token bucket, one breaker per type).
 
@@ -37,12 +38,13 @@ class Config:
     >>> config.with_(retries=None)
     Traceback (most recent call last):
     ...
-    TypeError: `Config` has no field `retries`; its fields are `logging`, `tracing`, `rate_limit`, \
+    TypeError: `Config` has no field `retries`; its fields are `logging`, `tracing`, `metrics`, `rate_limit`, \
 `concurrency_limit`, `circuit_breaker`, `validation`, `dead_letter`, `retry`, `timeout`, `idempotency`, `cache`
     """
 
     logging: Logging | None = dataclasses.field(default_factory=Logging)
     tracing: Tracing | None = dataclasses.field(default_factory=Tracing)
+    metrics: Metrics | None = dataclasses.field(default_factory=Metrics)
     rate_limit: RateLimit | None = None
     concurrency_limit: ConcurrencyLimit | None = None
     circuit_breaker: CircuitBreaker | None = None
@@ -61,8 +63,9 @@ class Config:
 
     @classmethod
     def default(cls) -> Self:
-        """The default pipeline: Logging (DEBUG), Tracing, Validation, Retry (3 attempts),
-        Idempotency (24 h, in memory) and Cache (for queries that opt in)."""
+        """The default pipeline: Logging (DEBUG), Tracing, Metrics (the default registry),
+        Validation, Retry (3 attempts), Idempotency (24 h, in memory) and Cache (for queries that
+        opt in)."""
         return cls()
 
     @classmethod
@@ -80,6 +83,7 @@ class Config:
         return cls(
             logging=Logging(),
             tracing=Tracing(),
+            metrics=Metrics(),
             rate_limit=RateLimit(rate=1000.0, burst=1000.0),
             concurrency_limit=ConcurrencyLimit(max_concurrent=100, wait_timeout=5.0),
             circuit_breaker=CircuitBreaker(failure_threshold=5, reset_timeout=30.0),
@@ -107,6 +111,7 @@ class Config:
 _FIELD_TYPES: Final[dict[str, type[BuiltinBehavior]]] = {
     "logging": Logging,
     "tracing": Tracing,
+    "metrics": Metrics,
     "rate_limit": RateLimit,
     "concurrency_limit": ConcurrencyLimit,
     "circuit_breaker": CircuitBreaker,

@@ -1,20 +1,29 @@
 """Running a route handler's `Hooks` from Python: for `send_sync`, the concurrent publish and
 `dead_letters.retry` of an event handler.
 
-`send` and the sequential `publish` run the hooks inside the core (docs/internals.md, "Built-in
-behaviours", steps 1-7). The paths that the mediator drives itself run the same steps here: an
-async runner (one handler of a concurrent publish, a dead letter's handler) and a sync one
-(`send_sync`, where a built-in that must wait blocks: a rate limit sleeps with `time.sleep`, a
-concurrency limit polls for a free permit up to its `wait_timeout`).
+`send` and the sequential `publish` run the hooks inside the core (docs/internals.md, "Observation"
+and "Built-in behaviours", steps 1-7). The paths that the mediator drives itself run the same steps
+here: the async runner is the pure core's (one handler of a concurrent publish, a dead letter's
+handler, the observer of a concurrent publish), and a sync one (`send_sync`, where a built-in that
+must wait blocks: a rate limit sleeps with `time.sleep`, a concurrency limit polls for a free permit
+up to its `wait_timeout`).
 """
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
 from typing import Any, Final
 
 from catga._core import CURRENT_MESSAGE
+from catga._pure._dispatch import _run_hooks
+from catga._pure._observe import (
+    COUNTER_CONCURRENCY_REJECTED,
+    COUNTER_IDEMPOTENCY_HITS,
+    COUNTER_IDEMPOTENCY_MISSES,
+    COUNTER_RATE_LIMIT_REJECTED,
+    Observation,
+    observe,
+)
 
 __all__ = ["run_hooks", "run_hooks_sync"]
 
@@ -97,59 +106,12 @@ def _keep(store: str, put: Callable[..., object], *args: Any) -> bool:
 
 
 async def run_hooks(hooks: Any, target: Callable[[Any], Any], is_async: bool, message: Any) -> tuple[Any, bool]:
-    """Run `target(message)` inside its hooks; `(result, from_cache)`."""
-    held = _Held()
-    errors = hooks.errors
-    if hooks.idempotency is not None:
-        hit, stored = held.claim_id(hooks, message)
-        if hit:
-            return stored, True
-    try:
-        await _enter(hooks, held)
-        result, from_cache = await _cached(hooks.cache, target, is_async, message)
-    except BaseException as exc:
-        held.failed(exc, errors)
-        raise
-    held.succeeded(result)
-    return result, from_cache
+    """Run `target(message)` inside its hooks; `(result, from_cache)`.
 
-
-async def _enter(hooks: Any, held: _Held) -> None:
-    """Steps 2-4: a token, a permit, the breaker's consent (each noted in `held` when taken)."""
-    errors = hooks.errors
-    if hooks.rate_limit is not None:
-        bucket, wait, max_wait = hooks.rate_limit
-        while (due := bucket.try_acquire(1)) != 0.0:
-            if not wait or (max_wait is not None and due > max_wait):
-                raise errors.rate_limited(due)
-            await asyncio.sleep(due)
-    if hooks.concurrency is not None:
-        limiter, permits = hooks.concurrency
-        if not limiter.try_acquire():
-            if permits is None:
-                limiter.note_rejected()
-                raise errors.concurrency_limited()
-            await permits.acquire()
-        held.permit = hooks.concurrency
-    if hooks.breaker is not None:
-        held.check_breaker(hooks)
-
-
-async def _cached(cache: Any, target: Callable[[Any], Any], is_async: bool, message: Any) -> tuple[Any, bool]:
-    if cache is not None:
-        table, group, key_of, ttl = cache
-        key = key_of(message)
-        hit, stored = table.get(group, key)
-        if hit:
-            return stored, True
-    token = CURRENT_MESSAGE.set(message)
-    try:
-        result = (await target(message)) if is_async else target(message)
-    finally:
-        CURRENT_MESSAGE.reset(token)
-    if cache is not None:
-        _keep("cache", table.put, group, key, result, ttl)
-    return result, False
+    The pure core's runner, which reads the native `Hooks` alike, with the core's message variable.
+    """
+    result: tuple[Any, bool] = await _run_hooks(hooks, target, is_async, message, True, CURRENT_MESSAGE)
+    return result
 
 
 # ------------------------------------------------------------------------------------------- sync
@@ -157,55 +119,92 @@ async def _cached(cache: Any, target: Callable[[Any], Any], is_async: bool, mess
 
 def run_hooks_sync(hooks: Any, target: Callable[[Any], Any], message: Any) -> Any:
     """Run the sync `target(message)` inside its hooks, without an event loop; its result."""
+    observation, inner = observe(hooks, message)
+    if observation is None:
+        return _bookkeeping_sync(hooks, target, message, None, None)[0]
+    try:
+        result, from_cache = _bookkeeping_sync(hooks, target, message, observation, inner)
+    except BaseException as exc:
+        observation.finish(exc, False)
+        raise
+    observation.finish(None, from_cache)
+    return result
+
+
+def _bookkeeping_sync(
+    hooks: Any, target: Callable[[Any], Any], message: Any, observation: Observation | None, inner: str | None
+) -> tuple[Any, bool]:
     held = _Held()
     errors = hooks.errors
     if hooks.idempotency is not None:
         hit, stored = held.claim_id(hooks, message)
+        if observation is not None:
+            observation.count(COUNTER_IDEMPOTENCY_HITS if hit else COUNTER_IDEMPOTENCY_MISSES)
         if hit:
-            return stored
+            return stored, True
     try:
-        _enter_sync(hooks, held)
-        result = _cached_sync(hooks.cache, target, message)
+        _enter_sync(hooks, held, observation)
+        result, from_cache = _cached_sync(hooks.cache, target, message, observation, inner)
     except BaseException as exc:
         held.failed(exc, errors)
         raise
     held.succeeded(result)
-    return result
+    return result, from_cache
 
 
-def _enter_sync(hooks: Any, held: _Held) -> None:
+def _enter_sync(hooks: Any, held: _Held, observation: Observation | None) -> None:
     """Steps 2-4 without a loop: a rate limit that may wait sleeps, a permit is polled for."""
     errors = hooks.errors
     if hooks.rate_limit is not None:
         bucket, wait, max_wait = hooks.rate_limit
         while (due := bucket.try_acquire(1)) != 0.0:
             if not wait or (max_wait is not None and due > max_wait):
+                if observation is not None:
+                    observation.count(COUNTER_RATE_LIMIT_REJECTED)
                 raise errors.rate_limited(due)
             time.sleep(due)
     if hooks.concurrency is not None:
-        _take_permit_sync(hooks.concurrency, errors)
+        try:
+            _take_permit_sync(hooks.concurrency, errors)
+        except Exception:
+            if observation is not None:
+                observation.count(COUNTER_CONCURRENCY_REJECTED)
+            raise
         held.permit = hooks.concurrency
     if hooks.breaker is not None:
         held.check_breaker(hooks)
 
 
-def _cached_sync(cache: Any, target: Callable[[Any], Any], message: Any) -> Any:
+def _cached_sync(
+    cache: Any, target: Callable[[Any], Any], message: Any, observation: Observation | None, inner: str | None
+) -> tuple[Any, bool]:
     if cache is None:
-        return _call_with_context(target, message)
+        return _call_with_context(target, message, observation, inner), False
     table, group, key_of, ttl = cache
     key = key_of(message)
     hit, stored = table.get(group, key)
     if hit:
-        return stored
-    result = _call_with_context(target, message)
+        return stored, True
+    result = _call_with_context(target, message, observation, inner)
     _keep("cache", table.put, group, key, result, ttl)
-    return result
+    return result, False
 
 
-def _call_with_context(target: Callable[[Any], Any], message: Any) -> Any:
+def _call_with_context(
+    target: Callable[[Any], Any], message: Any, observation: Observation | None, inner: str | None
+) -> Any:
     token = CURRENT_MESSAGE.set(message)
     try:
-        return target(message)
+        if observation is None:
+            return target(message)
+        observation.start_inner(inner)
+        try:
+            result = target(message)
+        except BaseException as exc:
+            observation.end_inner(exc)
+            raise
+        observation.end_inner(None)
+        return result
     finally:
         CURRENT_MESSAGE.reset(token)
 

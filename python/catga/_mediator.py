@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from contextvars import copy_context
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, Self, TypeVar, overload
 
+from catga import _core
 from catga._config import Config
 from catga._core import CURRENT_MESSAGE, Dispatcher, Route
 from catga._dead_letters import DeadLetterRecord, DeadLetters
@@ -30,6 +31,7 @@ from catga._result import _make as _make_result
 from catga.behaviors import _hooks
 from catga.behaviors._chain import HandlerInfo, compose
 from catga.behaviors._hooks import BuiltinPlan, plan_builtins
+from catga.behaviors._observe import message_kind, observation_hooks
 from catga.behaviors._store_layers import FromCacheScope
 from catga.behaviors._validation import ValidationPlan, Validator
 from catga.memory._cache import MemoryCacheStore
@@ -449,7 +451,8 @@ class Mediator(Dispatcher):
                 self._compile_handler(message_type, entry, key, behaviors, validation, is_event=True)[0]
                 for entry, key in zip(entries, keys, strict=True)
             )
-            return (True, handlers)
+            observe = observation_hooks(self._config, message_type, wire_name(message_type), None, "publish")
+            return (True, handlers, _core.Hooks(**observe)) if observe else (True, handlers)
         requests = self._requests
         for base in message_type.__mro__:
             entry = requests.get(base)
@@ -494,9 +497,13 @@ class Mediator(Dispatcher):
         if plan.cache is not None:  # a remote cache store: between Timeout and the user behaviours
             behaviors = [(plan.cache, True), *behaviors]
         inner, inner_async, inner_context = _route_handler(entry, behaviors)
-        info = HandlerInfo(message_type.__qualname__, wire_name(message_type), key if is_event else None)
+        wire = wire_name(message_type)
+        info = HandlerInfo(message_type.__qualname__, wire, key if is_event else None)
+        metrics = None
+        if config.metrics is not None:
+            metrics = config.metrics.registry.for_type(message_kind(message_type, is_event), wire)
         layers: dict[str, Any] = {
-            "logging_": config.logging,
+            "metrics": metrics,
             "outer": plan.outer,
             "validation": validation,
             "dead_letter_store": self._dead_letter_store,
@@ -575,7 +582,7 @@ class Mediator(Dispatcher):
         """
         message_type = type(request)
         route = self._route(message_type)
-        is_event, handlers = route
+        is_event, handlers = route[0], route[1]
         if is_event:
             raise TypeError(f"`{message_type.__qualname__}` is an event: publish it with `publish`, not `send_sync`")
         handler: _HookedHandler = handlers[0]
@@ -609,7 +616,8 @@ class Mediator(Dispatcher):
             return await self.send_result(message)
         message_type = type(message)
         try:
-            is_event, handlers = self._route(message_type)
+            route = self._route(message_type)
+            is_event, handlers = route[0], route[1]
             entries = [entry for registered, entry in self._events if issubclass(message_type, registered)]
             keys = _unique_keys(entries)
             if not is_event or record.handler not in keys:
@@ -647,9 +655,19 @@ class Mediator(Dispatcher):
         handlers still running and waits for them.
         """
         event_type = type(event)
-        is_event, handlers = self._route(event_type)
-        if not is_event:
+        route = self._route(event_type)
+        if not route[0]:
             raise TypeError(f"`{event_type.__qualname__}` is a request: send it with `send`, not `publish`")
+        handlers: tuple[_HookedHandler, ...] = route[1]
+        observer = route[2] if len(route) > 2 else None
+        if observer is not None:  # the publish observed as a whole, as the core does for a sequential one
+            fan_out = functools.partial(self._fan_out, handlers)
+            await run_hooks(observer, fan_out, True, event)
+        else:
+            await self._fan_out(handlers, event)
+
+    async def _fan_out(self, handlers: "tuple[_HookedHandler, ...]", event: object) -> None:
+        event_type = type(event)
         failures: list[tuple[int, Exception]] = []
         pending: dict[asyncio.Task[Any], int] = {}
         try:

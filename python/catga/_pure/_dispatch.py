@@ -8,27 +8,38 @@ other case returns a small coroutine from a private `async def`, so failures sur
 """
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any, Final, NoReturn
+
+from catga._pure._observe import (
+    COUNTER_CONCURRENCY_REJECTED,
+    COUNTER_IDEMPOTENCY_HITS,
+    COUNTER_IDEMPOTENCY_MISSES,
+    COUNTER_RATE_LIMIT_REJECTED,
+    Observation,
+    observe,
+)
 
 __all__ = ["CURRENT_MESSAGE", "Dispatcher", "Hooks", "Route"]
 
 CURRENT_MESSAGE: Final[ContextVar[object | None]] = ContextVar("catga_current_message", default=None)
 """The message whose handler is running, set by every pipeline that has behaviours."""
 
-Route = tuple[bool, tuple[tuple[Callable[[Any], Any], bool, bool], ...]]
-"""A compiled route: `(is_event, ((target, is_async, with_context), ...))`.
+Route = tuple[Any, ...]
+"""A compiled route: `(is_event, ((target, is_async, with_context[, hooks]), ...)[, observer])`.
 
 `target(message)` runs the handler with its user behaviours and returns a coroutine when `is_async`,
-else the result. `with_context` sets `CURRENT_MESSAGE` while it runs.
+else the result. `with_context` sets `CURRENT_MESSAGE` while it runs. `observer`: an event route's
+`Hooks` that observe the whole publish (docs/internals.md, "Observation").
 """
 
 # A handler as the send path reads it: the route's entry with its hooks made explicit.
 _Handler = tuple[Callable[[Any], Any], bool, bool, "Hooks | None"]
-# The table's value: (is_event, handlers, the route `_compile_route` returned).
-_Compiled = tuple[bool, tuple[_Handler, ...], Route]
+# The table's value: (is_event, handlers, the route `_compile_route` returned, the publish observer).
+_Compiled = tuple[bool, tuple[_Handler, ...], Route, "Hooks | None"]
 
 _COMPLETED: Final = 2  # IdempotencyTable.claim statuses (the stores' CLAIMED / IN_FLIGHT / COMPLETED)
 _IN_FLIGHT: Final = 1
@@ -37,17 +48,30 @@ _logger = logging.getLogger("catga")
 
 
 class Hooks:
-    """The bookkeeping behaviours of one route handler, run by the core around its target.
+    """The built-ins of one route handler that the core runs around its target.
 
-    See docs/internals.md, "Built-in behaviours": each argument is `None` when that behaviour is off
-    for the route, and `errors` makes the errors the hooks raise.
+    See docs/internals.md, "Built-in behaviours" and "Observation": each argument is `None` when
+    that behaviour is off for the route, and `errors` makes the errors the bookkeeping hooks raise.
     """
 
-    __slots__ = ("breaker", "cache", "concurrency", "errors", "idempotency", "rate_limit")
+    __slots__ = (
+        "breaker",
+        "cache",
+        "concurrency",
+        "errors",
+        "idempotency",
+        "logging",
+        "metrics",
+        "rate_limit",
+        "tracing",
+    )
 
     def __init__(
         self,
         *,
+        logging: tuple[Any, int, Callable[..., Any]] | None = None,
+        tracing: tuple[Any, Any, Any, str | None, str | None] | None = None,
+        metrics: tuple[Any, str] | None = None,
         idempotency: tuple[Any, int] | None = None,
         rate_limit: tuple[Any, bool, float | None] | None = None,
         concurrency: tuple[Any, Any] | None = None,
@@ -55,12 +79,20 @@ class Hooks:
         cache: tuple[Any, int, Callable[[Any], bytes], float] | None = None,
         errors: Any = None,
     ) -> None:
+        _check_hook("logging", logging, 3)
+        _check_hook("tracing", tracing, 5)
+        _check_hook("metrics", metrics, 2)
+        if metrics is not None and metrics[1] not in ("message", "handler"):
+            raise ValueError(f"the `metrics` role must be `message` or `handler`, got `{metrics[1]!r}`")
         _check_hook("idempotency", idempotency, 2)
         _check_hook("rate_limit", rate_limit, 3)
         _check_hook("concurrency", concurrency, 2)
         _check_hook("cache", cache, 4)
         if errors is None and any(h is not None for h in (idempotency, rate_limit, concurrency, breaker, cache)):
             raise TypeError("`Hooks` needs `errors` when any hook is set")
+        self.logging = logging
+        self.tracing = tracing
+        self.metrics = metrics
         self.idempotency = idempotency
         self.rate_limit = rate_limit
         self.concurrency = concurrency
@@ -69,8 +101,11 @@ class Hooks:
         self.errors = errors
 
     def __repr__(self) -> str:
-        on = [name for name in ("idempotency", "rate_limit", "concurrency", "breaker", "cache") if getattr(self, name)]
+        on = [name for name in _HOOK_NAMES if getattr(self, name) is not None]
         return f"Hooks({', '.join(on)})"
+
+
+_HOOK_NAMES: Final = ("logging", "tracing", "metrics", "idempotency", "rate_limit", "concurrency", "breaker", "cache")
 
 
 def _check_hook(name: str, value: object, size: int) -> None:
@@ -133,6 +168,9 @@ class Dispatcher:
                 return _raise(exc)
         if not route[0]:
             return _raise(TypeError(f"`{type(event).__qualname__}` is a request: send it with `send`, not `publish`"))
+        observer = route[3]
+        if observer is not None:
+            return _run_hooks(observer, functools.partial(_publish_sequential, route[1]), True, event, False)
         return _publish_sequential(route[1], event)
 
     def send_meta(self, message: Any, /) -> Awaitable[tuple[Any, bool]]:
@@ -168,8 +206,9 @@ def _compile(dispatcher: Dispatcher, message_type: type) -> _Compiled:
     # Defined by the subclass only (as for the native class): without it this is an AttributeError.
     route: Route = dispatcher._compile_route(message_type)  # type: ignore[attr-defined]
     _check_route(route, message_type)
-    is_event, handlers = route
-    compiled: _Compiled = (is_event, tuple(_handler(entry) for entry in handlers), route)
+    is_event, handlers = route[:2]
+    observer = route[2] if len(route) == 3 else None
+    compiled: _Compiled = (is_event, tuple(_handler(entry) for entry in handlers), route, observer)
     routes[message_type] = compiled
     return compiled
 
@@ -193,9 +232,13 @@ def _check_route(route: object, message_type: type) -> None:
 def _route_problem(route: object) -> str | None:
     if not isinstance(route, tuple):
         return "expected a tuple"
-    if len(route) != 2:
-        return "expected `(is_event, handlers)`"
-    is_event, handlers = route
+    if len(route) not in (2, 3):
+        return "expected `(is_event, handlers)` or `(is_event, handlers, observer)`"
+    is_event, handlers = route[:2]
+    if len(route) == 3 and route[2] is not None:
+        problem = _observer_problem(route[2], is_event)
+        if problem is not None:
+            return problem
     if type(is_event) is not bool:
         return "`is_event` must be a bool"
     if not isinstance(handlers, tuple):
@@ -206,6 +249,14 @@ def _route_problem(route: object) -> str | None:
             return problem
     if not is_event and len(handlers) != 1:
         return "a request route needs exactly one handler"
+    return None
+
+
+def _observer_problem(observer: object, is_event: object) -> str | None:
+    if not isinstance(observer, Hooks):
+        return "`observer` must be a `Hooks` or None"
+    if not is_event:
+        return "only an event route has an observer (a request's goes in its handler's hooks)"
     return None
 
 
@@ -277,27 +328,65 @@ async def _not_from_cache(send: Awaitable[Any]) -> tuple[Any, bool]:
     return (await send, False)
 
 
-async def _run_hooks(hooks: Hooks, target: Callable[[Any], Any], is_async: bool, message: Any, meta: bool) -> Any:
-    """Run a target inside its route's bookkeeping hooks: docs/internals.md, steps 1-7."""
+async def _run_hooks(
+    hooks: Any,
+    target: Callable[[Any], Any],
+    is_async: bool,
+    message: Any,
+    meta: bool,
+    current: ContextVar[Any] = CURRENT_MESSAGE,
+) -> Any:
+    """Run a target inside its route's hooks: docs/internals.md, "Observation" and steps 1-7.
+
+    Also runs the native core's `Hooks` (their fields read alike) for the paths the mediator
+    drives itself (`catga._hook_runner`), which pass the native `current` message variable.
+    """
+    observation, inner = observe(hooks, message)
+    if observation is None:
+        result, from_cache = await _run_bookkeeping(hooks, target, is_async, message, None, None, current)
+    else:
+        try:
+            result, from_cache = await _run_bookkeeping(hooks, target, is_async, message, observation, inner, current)
+        except BaseException as exc:
+            observation.finish(exc, False)
+            raise
+        observation.finish(None, from_cache)
+    return (result, from_cache) if meta else result
+
+
+async def _run_bookkeeping(
+    hooks: Any,
+    target: Callable[[Any], Any],
+    is_async: bool,
+    message: Any,
+    observation: Observation | None,
+    inner: str | None,
+    current: ContextVar[Any],
+) -> tuple[Any, bool]:
+    """Steps 1-7: `(result, from_cache)`."""
     errors = hooks.errors
     claim = None
     if hooks.idempotency is not None:
         table, handler = hooks.idempotency
         status, stored = table.claim(message.message_id, handler)
         if status == _COMPLETED:
-            return (stored, True) if meta else stored
+            if observation is not None:
+                observation.count(COUNTER_IDEMPOTENCY_HITS)
+            return stored, True
         if status == _IN_FLIGHT:
             raise errors.conflict(message)
+        if observation is not None:
+            observation.count(COUNTER_IDEMPOTENCY_MISSES)
         claim = (table, message.message_id, handler)
     held = _Held(claim)
     try:
-        await held.enter(hooks, errors)
-        result, from_cache = await _run_cached(hooks.cache, target, is_async, message)
+        await held.enter(hooks, errors, observation)
+        result, from_cache = await _run_cached(hooks.cache, target, is_async, message, observation, inner, current)
     except BaseException as exc:
         held.settle_failure(exc, errors)
         raise
     held.settle_success(result)
-    return (result, from_cache) if meta else result
+    return result, from_cache
 
 
 class _Held:
@@ -310,11 +399,21 @@ class _Held:
         self.permit: tuple[Any, Any] | None = None
         self.breaker: Any = None
 
-    async def enter(self, hooks: Hooks, errors: Any) -> None:
+    async def enter(self, hooks: Any, errors: Any, observation: Observation | None) -> None:
         if hooks.rate_limit is not None:
-            await _take_token(hooks.rate_limit, errors)
+            try:
+                await _take_token(hooks.rate_limit, errors)
+            except Exception:
+                if observation is not None:
+                    observation.count(COUNTER_RATE_LIMIT_REJECTED)
+                raise
         if hooks.concurrency is not None:
-            await _take_permit(hooks.concurrency, errors)
+            try:
+                await _take_permit(hooks.concurrency, errors)
+            except Exception:
+                if observation is not None:
+                    observation.count(COUNTER_CONCURRENCY_REJECTED)
+                raise
             self.permit = hooks.concurrency
         if hooks.breaker is not None:
             retry_after = hooks.breaker.allow()
@@ -351,6 +450,9 @@ async def _run_cached(
     target: Callable[[Any], Any],
     is_async: bool,
     message: Any,
+    observation: Observation | None,
+    inner: str | None,
+    current: ContextVar[Any],
 ) -> tuple[Any, bool]:
     """The target's result and whether it came from the cache; a computed result is stored."""
     if cache is not None:
@@ -359,11 +461,19 @@ async def _run_cached(
         hit, stored = table.get(group, key)
         if hit:
             return stored, True
-    token = CURRENT_MESSAGE.set(message)
+    token = current.set(message)
     try:
+        if observation is not None:
+            observation.start_inner(inner)
         result = (await target(message)) if is_async else target(message)
+    except BaseException as exc:
+        if observation is not None:
+            observation.end_inner(exc)
+        raise
     finally:
-        CURRENT_MESSAGE.reset(token)
+        current.reset(token)
+    if observation is not None:
+        observation.end_inner(None)
     if cache is not None:
         _keep("cache", table.put, group, key, result, ttl)
     return result, False

@@ -2,13 +2,15 @@
 
 They run in this fixed order, outermost first, with the user behaviours inside them:
 `Logging → Tracing → Idempotency → RateLimit → ConcurrencyLimit → CircuitBreaker → Validation →
-DeadLetter → Retry → Timeout → Cache → user behaviours → handler`.
+DeadLetter → Retry → Timeout → Cache → user behaviours → handler`; `Metrics` (not in API.md's
+list, which it extends) observes at Logging's place, outermost.
 
 Each class holds and checks the settings of one built-in; a `catga.Config` field holds an instance
-(or `None`: off). Logging, Validation, DeadLetter, Retry and Timeout run in Python around the
-handler (the middle chain, composed once per route); Idempotency, RateLimit, ConcurrencyLimit,
-CircuitBreaker and Cache run inside the core, without a Python frame; Tracing costs nothing until
-the observability issue. docs/behaviors.md explains each with an example.
+(or `None`: off). Validation, DeadLetter, Retry and Timeout run in Python around the handler (the
+middle chain, composed once per route); Logging, Tracing, Metrics, Idempotency, RateLimit,
+ConcurrencyLimit, CircuitBreaker and Cache run inside the core, without a Python frame (Logging
+and Tracing call Python only when their logger takes the level or a tracer provider is set).
+docs/behaviors.md and docs/observability.md explain each with an example.
 
 >>> from catga.behaviors import Retry
 >>> Retry(max_attempts=5)
@@ -26,6 +28,7 @@ from catga.behaviors._builtins import (
     DeadLetter,
     Idempotency,
     Logging,
+    Metrics,
     RateLimit,
     Retry,
     Timeout,
@@ -40,6 +43,7 @@ __all__ = [
     "DeadLetter",
     "Idempotency",
     "Logging",
+    "Metrics",
     "RateLimit",
     "Retry",
     "Timeout",
@@ -54,6 +58,7 @@ for _cls in (
     DeadLetter,
     Idempotency,
     Logging,
+    Metrics,
     RateLimit,
     Retry,
     Timeout,

@@ -11,7 +11,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 __all__ = [
     "BuiltinBehavior",
@@ -21,6 +21,7 @@ __all__ = [
     "DeadLetter",
     "Idempotency",
     "Logging",
+    "Metrics",
     "RateLimit",
     "Retry",
     "Timeout",
@@ -132,10 +133,13 @@ def _exception_types(value: object) -> tuple[type[BaseException], ...]:
 class Logging(BuiltinBehavior):
     """Log every message on the `catga` logger at `level`, with its type, ids, duration and outcome.
 
-    One record per handled message, at `level` whatever the outcome, with the `extra` attributes
-    `message_type`, `message_id`, `correlation_id`, `duration` (seconds), `outcome` (`"success"`,
-    `"failure"` or `"cancelled"`) and `error`. Checked per message: when the logger does not take
-    `level`, nothing is measured or built.
+    One record per handled message (per handler, for an event), at `level` whatever the outcome,
+    with the `extra` attributes `message_type`, `message_id`, `correlation_id`, `duration`
+    (seconds), `outcome` (`"success"`, `"failure"` or `"cancelled"`), `error` and `handler`. The
+    outermost built-in: it also logs refusals (rate limit, open breaker) and idempotency replays
+    (`from_cache` in the extras). The level is checked once per message, in the core, reading the
+    logger's own cache of `isEnabledFor` answers: level changes apply at once, and when the logger
+    does not take `level` nothing is measured or built.
 
     >>> Logging(level="INFO").level
     20
@@ -151,12 +155,68 @@ class Logging(BuiltinBehavior):
 
 
 class Tracing(BuiltinBehavior):
-    """Wrap every message in an OpenTelemetry span (a no-op until a tracer provider is set).
+    """Wrap every message in OpenTelemetry spans: `send {wire name}` (or `publish ...`) around its
+    pipeline and `handle {wire name}` around each handler (catga.observability, docs/observability.md).
 
-    Until the observability issue lands it adds nothing to the pipeline: a route compiles it away.
+    `tracer_provider=None` uses the global provider, looked up per message, so a provider set after
+    `import catga` is picked up; until one is set, a send pays one dictionary look-up.
+
+    >>> Tracing()
+    Tracing()
     """
 
-    __slots__ = ()
+    __slots__ = ("tracer_provider",)
+    _params = ("tracer_provider",)
+
+    tracer_provider: object | None
+
+    def __init__(self, tracer_provider: object | None = None) -> None:
+        if tracer_provider is not None and not callable(getattr(tracer_provider, "get_tracer", None)):
+            raise TypeError(f"`tracer_provider` must be an OpenTelemetry `TracerProvider`, got `{tracer_provider!r}`")
+        self.tracer_provider = tracer_provider
+
+    def __repr__(self) -> str:
+        return "Tracing()" if self.tracer_provider is None else f"Tracing(tracer_provider={self.tracer_provider!r})"
+
+
+class Metrics(BuiltinBehavior):
+    """Count every message and time it, in the core, without a Python call per message.
+
+    Records into `registry` (a `catga.observability.MetricsRegistry`; `None`: the process-wide
+    `catga.observability.default_registry()`), which `catga.asgi.app` serves as Prometheus text and
+    `registry.instrument()` exports through OpenTelemetry (docs/observability.md lists the
+    instruments).
+
+    >>> Metrics()
+    Metrics()
+    """
+
+    __slots__ = ("_registry", "registry_given")
+    _params = ("registry",)
+
+    def __init__(self, registry: object | None = None) -> None:
+        if registry is not None:
+            from catga.observability import MetricsRegistry  # here: catga.observability imports catga
+
+            if not isinstance(registry, MetricsRegistry):
+                raise TypeError(f"`registry` must be a `catga.observability.MetricsRegistry`, got `{registry!r}`")
+        self.registry_given = registry
+        self._registry = registry
+
+    @property
+    def registry(self) -> Any:
+        """The registry recorded into: the one given, else the process-wide default."""
+        if self._registry is None:
+            from catga.observability import default_registry
+
+            self._registry = default_registry()
+        return self._registry
+
+    def __repr__(self) -> str:
+        return "Metrics()" if self.registry_given is None else f"Metrics(registry={self.registry_given!r})"
+
+    def _settings(self) -> tuple[object, ...]:
+        return (self.registry,)
 
 
 class Idempotency(BuiltinBehavior):

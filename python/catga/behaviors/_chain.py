@@ -1,18 +1,18 @@
-"""The Python middle chain of a route handler: Logging → Validation → DeadLetter → Retry → Timeout.
+"""The Python middle chain of a route handler: Validation → DeadLetter → Retry → Timeout.
 
 `compose` wraps a handler's inner chain (its user behaviours and the handler, composed by
 `catga._mediator`) in the built-ins that run in Python, outermost first, once per route:
 
-    Logging → [Tracing: compiled away] → Validation → DeadLetter → Retry → Timeout → inner
+    Validation → DeadLetter → Retry → Timeout → inner
 
-(the bookkeeping built-ins between Tracing and Validation run in the core as hooks, around this
-chain: docs/internals.md, "Built-in behaviours"; when one of their stores is remote, they come as
-Python layers instead, `outer`, which go between Logging and Validation). Each layer is present
-only when configured and needed: no Validation layer for a type with nothing to check, no Retry
-layer for `max_attempts=1`, no Timeout layer around an inner chain that is all sync (sync code
-cannot be interrupted). A layer that never needs to await is a plain function that returns the awaitable of
-the layer inside it, so it adds no coroutine: Validation with sync checks, and Logging whenever the
-`catga` logger does not take its level (checked per message, so level changes apply at once).
+(Logging, Tracing, Metrics and the bookkeeping built-ins run in the core as hooks, around this
+chain: docs/internals.md, "Observation" and "Built-in behaviours"; when a bookkeeping store is
+remote, those built-ins come as Python layers instead, `outer`, which go outside Validation). Each
+layer is present only when configured and needed: no Validation layer for a type with nothing to
+check, no Retry layer for `max_attempts=1`, no Timeout layer around an inner chain that is all
+sync (sync code cannot be interrupted). A layer that never needs to await is a plain function that
+returns the awaitable of the layer inside it, so it adds no coroutine: Validation with sync checks.
+Retry and DeadLetter count their retries and dead letters in the route's `TypeMetrics`, when given.
 
 The same chain is built in two modes: `sync=False` for `send`/`publish` (Retry sleeps with
 `Retry._sleep`, normally `asyncio.sleep`), and `sync=True` for `send_sync` (Retry sleeps with
@@ -26,12 +26,12 @@ import logging
 import math
 from collections.abc import Callable
 from datetime import UTC, datetime
-from time import perf_counter
 from typing import Any, Final
 
+from catga._core import COUNTER_DEAD_LETTERS, COUNTER_RETRY_ATTEMPTS
 from catga._dead_letters import REDELIVERY, make_record
 from catga._errors import CatgaError, Timeout, ValidationError
-from catga.behaviors._builtins import Logging, Retry
+from catga.behaviors._builtins import Retry
 from catga.behaviors._builtins import Timeout as TimeoutBehavior
 from catga.behaviors._validation import ValidationPlan
 
@@ -61,7 +61,7 @@ def compose(
     inner_async: bool,
     info: HandlerInfo,
     *,
-    logging_: Logging | None,
+    metrics: Any = None,
     outer: tuple[Any, ...] = (),
     validation: ValidationPlan | None,
     dead_letter_store: Any,
@@ -81,15 +81,13 @@ def compose(
         call = _timeout_layer(call, timeout.seconds, info)
     with_retry = retry is not None and retry.max_attempts > 1
     if retry is not None and with_retry:
-        call, is_async = _retry_layer(call, is_async, retry, sync)
+        call, is_async = _retry_layer(call, is_async, retry, sync, metrics)
     if dead_letter_store is not None:
-        call, is_async = _dead_letter_layer(call, is_async, dead_letter_store, info, with_retry, sync)
+        call, is_async = _dead_letter_layer(call, is_async, dead_letter_store, info, with_retry, sync, metrics)
     if validation is not None and not validation.empty:
         call, is_async = _validation_layer(call, is_async, validation)
     if outer:
         call, is_async = _outer_layers(call, is_async, outer), True
-    if logging_ is not None:
-        call, is_async = _logging_layer(call, is_async, logging_.level, info)
     return call, is_async
 
 
@@ -167,36 +165,39 @@ def _note_attempts(error: Exception, attempts: int, first_failed_at: datetime, l
         setattr(error, ATTEMPTS_ATTRIBUTE, (attempts, first_failed_at, last_failed_at))
 
 
-def _retry_layer(call_next: _Call, call_next_async: bool, retry: Retry, sync: bool) -> tuple[_Call, bool]:
+def _retry_layer(call_next: _Call, call_next_async: bool, retry: Retry, sync: bool, metrics: Any) -> tuple[_Call, bool]:
     if sync:
-        return _retry_blocking(call_next, retry), False
+        return _retry_blocking(call_next, retry, metrics), False
     if call_next_async:
-        return _retry_async(call_next, retry), True
-    return _retry_async_over_sync(call_next, retry), True
+        return _retry_async(call_next, retry, metrics), True
+    return _retry_async_over_sync(call_next, retry, metrics), True
 
 
 def _failed_attempt(
-    error: Exception, attempt: int, retry: Retry, first_failed_at: datetime | None
+    error: Exception, attempt: int, retry: Retry, first_failed_at: datetime | None, metrics: Any
 ) -> tuple[datetime, float | None]:
     """After failed attempt number `attempt`: `(first_failed_at, delay before the next attempt)`,
-    the delay `None` when Retry gives up (it then notes the attempts on `error`)."""
+    the delay `None` when Retry gives up (it then notes the attempts on `error`). A retry to come
+    is counted in `metrics` (and noted on the current span, when tracing)."""
     failed_at = datetime.now(UTC)
     if first_failed_at is None:
         first_failed_at = failed_at
     if attempt >= retry.max_attempts or not _retryable(error, retry.retry_on):
         _note_attempts(error, attempt, first_failed_at, failed_at)
         return first_failed_at, None
+    if metrics is not None:
+        metrics.count(COUNTER_RETRY_ATTEMPTS)
     return first_failed_at, retry._delay(attempt, error)
 
 
-def _retry_async(call_next: _Call, retry: Retry) -> _Call:
+def _retry_async(call_next: _Call, retry: Retry, metrics: Any) -> _Call:
     async def run(message: Any) -> Any:
         attempt, first_failed_at = 1, None
         while True:
             try:
                 return await call_next(message)
             except Exception as exc:
-                first_failed_at, delay = _failed_attempt(exc, attempt, retry, first_failed_at)
+                first_failed_at, delay = _failed_attempt(exc, attempt, retry, first_failed_at, metrics)
                 if delay is None:
                     raise
             attempt += 1
@@ -205,7 +206,7 @@ def _retry_async(call_next: _Call, retry: Retry) -> _Call:
     return run
 
 
-def _retry_async_over_sync(call_next: _Call, retry: Retry) -> _Call:
+def _retry_async_over_sync(call_next: _Call, retry: Retry, metrics: Any) -> _Call:
     """A sync inner chain under `send`: the waits must not block the loop."""
 
     async def run(message: Any) -> Any:
@@ -214,7 +215,7 @@ def _retry_async_over_sync(call_next: _Call, retry: Retry) -> _Call:
             try:
                 return call_next(message)
             except Exception as exc:
-                first_failed_at, delay = _failed_attempt(exc, attempt, retry, first_failed_at)
+                first_failed_at, delay = _failed_attempt(exc, attempt, retry, first_failed_at, metrics)
                 if delay is None:
                     raise
             attempt += 1
@@ -223,7 +224,7 @@ def _retry_async_over_sync(call_next: _Call, retry: Retry) -> _Call:
     return run
 
 
-def _retry_blocking(call_next: _Call, retry: Retry) -> _Call:
+def _retry_blocking(call_next: _Call, retry: Retry, metrics: Any) -> _Call:
     """For `send_sync`: the waits block."""
 
     def run(message: Any) -> Any:
@@ -232,7 +233,7 @@ def _retry_blocking(call_next: _Call, retry: Retry) -> _Call:
             try:
                 return call_next(message)
             except Exception as exc:
-                first_failed_at, delay = _failed_attempt(exc, attempt, retry, first_failed_at)
+                first_failed_at, delay = _failed_attempt(exc, attempt, retry, first_failed_at, metrics)
                 if delay is None:
                     raise
             attempt += 1
@@ -254,15 +255,21 @@ def _attempts(error: Exception, with_retry: bool) -> tuple[int, datetime | None,
 
 
 def _dead_letter_layer(
-    call_next: _Call, call_next_async: bool, store: Any, info: HandlerInfo, with_retry: bool, sync: bool
+    call_next: _Call,
+    call_next_async: bool,
+    store: Any,
+    info: HandlerInfo,
+    with_retry: bool,
+    sync: bool,
+    metrics: Any,
 ) -> tuple[_Call, bool]:
     if sync:
-        return _dead_letter_blocking(call_next, store, info, with_retry), False
-    return _dead_letter_async(call_next, call_next_async, store, info, with_retry), True
+        return _dead_letter_blocking(call_next, store, info, with_retry, metrics), False
+    return _dead_letter_async(call_next, call_next_async, store, info, with_retry, metrics), True
 
 
 def _dead_letter_async(
-    call_next: _Call, call_next_async: bool, store: Any, info: HandlerInfo, with_retry: bool
+    call_next: _Call, call_next_async: bool, store: Any, info: HandlerInfo, with_retry: bool, metrics: Any
 ) -> _Call:
     async def run(message: Any) -> Any:
         try:
@@ -277,12 +284,19 @@ def _dead_letter_async(
                     await store.add(record)
                 except Exception:
                     _logger.warning("could not record a dead letter of `%s`", info.name, exc_info=True)
+                else:
+                    _count_dead_letter(metrics)
             raise
 
     return run
 
 
-def _dead_letter_blocking(call_next: _Call, store: Any, info: HandlerInfo, with_retry: bool) -> _Call:
+def _count_dead_letter(metrics: Any) -> None:
+    if metrics is not None:
+        metrics.count(COUNTER_DEAD_LETTERS)
+
+
+def _dead_letter_blocking(call_next: _Call, store: Any, info: HandlerInfo, with_retry: bool, metrics: Any) -> _Call:
     add_nowait = getattr(store, "add_nowait", None)
     if add_nowait is None:
         raise TypeError(
@@ -301,6 +315,8 @@ def _dead_letter_blocking(call_next: _Call, store: Any, info: HandlerInfo, with_
                     add_nowait(record)
                 except Exception:
                     _logger.warning("could not record a dead letter of `%s`", info.name, exc_info=True)
+                else:
+                    _count_dead_letter(metrics)
             raise
 
     return run
@@ -343,106 +359,3 @@ def _validation_layer(call_next: _Call, call_next_async: bool, plan: ValidationP
         return call_next(message)
 
     return run_sync, call_next_async
-
-
-# -------------------------------------------------------------------------------------- Logging
-
-
-def _log(level: int, info: HandlerInfo, message: Any, started: float, error: BaseException | None) -> None:
-    duration = perf_counter() - started
-    message_id = getattr(message, "message_id", None)
-    if not isinstance(message_id, int):
-        message_id = None
-    correlation_id = getattr(message, "correlation_id", None)
-    if not isinstance(correlation_id, int):
-        correlation_id = None
-    correlation_id = correlation_id or message_id
-    if error is None:
-        outcome, text = "success", None
-    elif isinstance(error, asyncio.CancelledError):
-        outcome, text = "cancelled", None
-    else:
-        outcome, text = "failure", f"{type(error).__qualname__}: {error}" if str(error) else type(error).__qualname__
-    extra = {
-        "message_type": info.wire_name,
-        "message_id": message_id,
-        "correlation_id": correlation_id,
-        "duration": duration,
-        "outcome": outcome,
-        "error": text,
-        "handler": info.handler,
-    }
-    where = f" by `{info.handler}`" if info.handler else ""
-    if text is None:
-        _logger.log(level, "`%s`%s: %s in %.3f ms", info.name, where, outcome, duration * 1000.0, extra=extra)
-    else:
-        _logger.log(level, "`%s`%s: %s in %.3f ms: %s", info.name, where, outcome, duration * 1000.0, text, extra=extra)
-
-
-def _answers() -> Callable[[int], bool | None]:
-    """A fast look-up of `logger.isEnabledFor(level)`: `None` when it must be asked.
-
-    `Logger.isEnabledFor` memoises its answers in `Logger._cache`, a dict that `setLevel`,
-    `logging.disable` and logging configuration clear in place, so reading it directly sees every
-    level change and saves most of the check's cost (about 70 ns a message). A missing entry is
-    asked for with `isEnabledFor`, which fills it again. A stale `True` (a logger disabled by
-    `dictConfig`) only costs a record that `Logger.log` drops.
-    """
-    cache = getattr(_logger, "_cache", None)
-    if isinstance(cache, dict):
-        return cache.get
-    return lambda level: None  # not CPython's logging: always ask
-
-
-def _logging_layer(call_next: _Call, call_next_async: bool, level: int, info: HandlerInfo) -> tuple[_Call, bool]:
-    if call_next_async:
-        return _logging_async(call_next, level, info), True
-    return _logging_sync(call_next, level, info), False
-
-
-def _logging_sync(call_next: _Call, level: int, info: HandlerInfo) -> _Call:
-    cached = _answers()
-    is_enabled_for = _logger.isEnabledFor
-
-    def run(message: Any) -> Any:
-        enabled = cached(level)
-        if enabled is None:
-            enabled = is_enabled_for(level)
-        if not enabled:
-            return call_next(message)
-        started = perf_counter()
-        try:
-            result = call_next(message)
-        except Exception as exc:
-            _log(level, info, message, started, exc)
-            raise
-        _log(level, info, message, started, None)
-        return result
-
-    return run
-
-
-def _logging_async(call_next: _Call, level: int, info: HandlerInfo) -> _Call:
-    cached = _answers()
-    is_enabled_for = _logger.isEnabledFor
-
-    async def logged(message: Any) -> Any:
-        started = perf_counter()
-        try:
-            result = await call_next(message)
-        except (Exception, asyncio.CancelledError) as exc:
-            _log(level, info, message, started, exc)
-            raise
-        _log(level, info, message, started, None)
-        return result
-
-    # A plain function: with the level off it hands back the inner awaitable, adding no coroutine.
-    def run(message: Any) -> Any:
-        enabled = cached(level)
-        if enabled is None:
-            enabled = is_enabled_for(level)
-        if enabled:
-            return logged(message)
-        return call_next(message)
-
-    return run

@@ -32,6 +32,7 @@ from catga._errors import HookErrors, SerializationError
 from catga._messages import Query, wire_name
 from catga._permits import Permits
 from catga.behaviors._builtins import BuiltinBehavior, Cache, CircuitBreaker, ConcurrencyLimit, Idempotency, RateLimit
+from catga.behaviors._observe import observation_hooks
 from catga.behaviors._store_layers import (
     BreakerLayer,
     CacheLayer,
@@ -395,15 +396,19 @@ def plan_builtins(
     cache: Cache | None = config.cache
     cache_seconds = None if is_event else cache_ttl(cache, message_type)
     bookkeeping = (config.rate_limit, config.concurrency_limit, config.circuit_breaker)
-    if idempotency is None and cache_seconds is None and all(b is None for b in bookkeeping):
+    wire = wire_name(message_type)
+    observe = observation_hooks(
+        config, message_type, wire, handler_name if is_event else None, "handler" if is_event else "send"
+    )
+    if not observe and idempotency is None and cache_seconds is None and all(b is None for b in bookkeeping):
         return _NO_PLAN
 
     errors = HookErrors(
         _subject(message_type, handler_name, is_event),
-        message_type=wire_name(message_type),
+        message_type=wire,
         **({"handler": handler_name} if is_event else {}),
     )
-    plan = _Planner(errors)
+    plan = _Planner(errors, observe)
     if idempotency is not None:
         _plan_idempotency(plan, idempotency, handler_name, is_event)
     if config.rate_limit is not None:
@@ -411,7 +416,11 @@ def plan_builtins(
     if config.concurrency_limit is not None:
         _plan_concurrency(plan, config.concurrency_limit)
     if config.circuit_breaker is not None:
-        _plan_breaker(plan, config.circuit_breaker, (message_type, handler_name) if is_event else message_type)
+        breaker = _plan_breaker(
+            plan, config.circuit_breaker, (message_type, handler_name) if is_event else message_type
+        )
+        if config.metrics is not None:
+            config.metrics.registry.track_breaker(wire, breaker)
     cache_layer: Layer | None = None
     if cache is not None and cache_seconds is not None:
         cache_layer = _plan_cache(plan, cache, message_type, cache_seconds)
@@ -424,25 +433,26 @@ def _plan_idempotency(plan: "_Planner", idempotency: Idempotency, handler_name: 
     if isinstance(store, MemoryIdempotencyStore):
         plan.hook("idempotency", (store.table, handler))
     else:
-        plan.layer(IdempotencyLayer(store, handler, plan.errors))
+        plan.layer(IdempotencyLayer(store, handler, plan.errors, plan.metrics))
 
 
 def _plan_rate_limit(plan: "_Planner", rate_limit: RateLimit, message_type: type) -> None:
     bucket = _state(rate_limit, _RateLimitState).bucket_for(message_type)
     if not plan.hook("rate_limit", (bucket, rate_limit.wait, rate_limit.max_wait)):
-        plan.layer(RateLimitLayer(bucket, rate_limit.wait, rate_limit.max_wait, plan.errors))
+        plan.layer(RateLimitLayer(bucket, rate_limit.wait, rate_limit.max_wait, plan.errors, plan.metrics))
 
 
 def _plan_concurrency(plan: "_Planner", concurrency: ConcurrencyLimit) -> None:
     limits = _state(concurrency, _ConcurrencyState)
     if not plan.hook("concurrency", (limits.limiter, limits.permits)):
-        plan.layer(ConcurrencyLayer(limits.limiter, limits.permits, plan.errors))
+        plan.layer(ConcurrencyLayer(limits.limiter, limits.permits, plan.errors, plan.metrics))
 
 
-def _plan_breaker(plan: "_Planner", circuit_breaker: CircuitBreaker, key: object) -> None:
+def _plan_breaker(plan: "_Planner", circuit_breaker: CircuitBreaker, key: object) -> _core.CircuitBreaker:
     breaker = _state(circuit_breaker, _BreakerState).breaker_for(key)
     if not plan.hook("breaker", breaker):
         plan.layer(BreakerLayer(breaker, plan.errors))
+    return breaker
 
 
 def _plan_cache(plan: "_Planner", cache: Cache, message_type: type, ttl: float) -> Layer | None:
@@ -459,10 +469,13 @@ class _Planner:
     """Collects hooks until one behaviour needs a Python layer; from then on, layers only (the hooks
     all run before the target, so a hook after a layer would break the contract order)."""
 
-    __slots__ = ("errors", "hooks", "layers")
+    __slots__ = ("errors", "hooks", "layers", "metrics", "observe")
 
-    def __init__(self, errors: HookErrors) -> None:
+    def __init__(self, errors: HookErrors, observe: dict[str, Any]) -> None:
         self.errors = errors
+        self.observe = observe  # the observing hooks (behaviors._observe): always in the `Hooks`
+        metrics = observe.get("metrics")
+        self.metrics = None if metrics is None else metrics[0]  # for the layers' counters
         self.hooks: dict[str, Any] = {}
         self.layers: list[Layer] = []
 
@@ -477,7 +490,7 @@ class _Planner:
         self.layers.append(layer)
 
     def finish(self, cache_layer: Layer | None) -> BuiltinPlan:
-        hooks = _core.Hooks(**self.hooks, errors=self.errors) if self.hooks else None
+        hooks = _core.Hooks(**self.observe, **self.hooks, errors=self.errors) if self.hooks or self.observe else None
         return BuiltinPlan(hooks, tuple(self.layers), cache_layer)
 
 

@@ -18,6 +18,12 @@ from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any, Final
 
+from catga._core import (
+    COUNTER_CONCURRENCY_REJECTED,
+    COUNTER_IDEMPOTENCY_HITS,
+    COUNTER_IDEMPOTENCY_MISSES,
+    COUNTER_RATE_LIMIT_REJECTED,
+)
 from catga.stores._protocols import CacheStore, ClaimStatus, IdempotencyStore
 
 __all__ = [
@@ -81,6 +87,11 @@ class FromCacheScope:
 _SCOPE: Final[ContextVar[FromCacheScope | None]] = ContextVar("catga_from_cache_scope", default=None)
 
 
+def _count(metrics: Any, counter: int) -> None:
+    if metrics is not None:
+        metrics.count(counter)
+
+
 def _mark_from_cache(message: object) -> None:
     scope = _SCOPE.get()
     if scope is not None and scope.message is message:
@@ -98,21 +109,24 @@ class IdempotencyLayer:
     all the same, with a warning, and the claim released.
     """
 
-    __slots__ = ("errors", "handler_key", "store")
+    __slots__ = ("errors", "handler_key", "metrics", "store")
 
-    def __init__(self, store: IdempotencyStore, handler_key: int, errors: Any) -> None:
+    def __init__(self, store: IdempotencyStore, handler_key: int, errors: Any, metrics: Any = None) -> None:
         self.store = store
         self.handler_key = handler_key
         self.errors = errors
+        self.metrics = metrics  # the route's `TypeMetrics`, counting hits and misses, or None
 
     async def __call__(self, message: Any, call_next: CallNext) -> Any:
         key = (message.message_id, self.handler_key)
         status, value = await self.store.claim(key)
         if status == ClaimStatus.COMPLETED:
+            _count(self.metrics, COUNTER_IDEMPOTENCY_HITS)
             _mark_from_cache(message)
             return value
         if status == ClaimStatus.IN_FLIGHT:
             raise self.errors.conflict(message)
+        _count(self.metrics, COUNTER_IDEMPOTENCY_MISSES)
         try:
             result = await call_next(message)
         except BaseException:
@@ -144,13 +158,14 @@ class IdempotencyLayer:
 class RateLimitLayer:
     """Step 2: take a token from the bucket, or wait for one (up to `max_wait`), or raise."""
 
-    __slots__ = ("bucket", "errors", "max_wait", "wait")
+    __slots__ = ("bucket", "errors", "max_wait", "metrics", "wait")
 
-    def __init__(self, bucket: Any, wait: bool, max_wait: float | None, errors: Any) -> None:
+    def __init__(self, bucket: Any, wait: bool, max_wait: float | None, errors: Any, metrics: Any = None) -> None:
         self.bucket = bucket
         self.wait = wait
         self.max_wait = max_wait
         self.errors = errors
+        self.metrics = metrics
 
     async def __call__(self, message: Any, call_next: CallNext) -> Any:
         while True:
@@ -158,6 +173,7 @@ class RateLimitLayer:
             if due == 0.0:
                 break
             if not self.wait or (self.max_wait is not None and due > self.max_wait):
+                _count(self.metrics, COUNTER_RATE_LIMIT_REJECTED)
                 raise self.errors.rate_limited(due)
             await asyncio.sleep(due)
         return await call_next(message)
@@ -169,19 +185,25 @@ class RateLimitLayer:
 class ConcurrencyLayer:
     """Step 3: hold a permit while the rest runs (waiting through `permits`, when given)."""
 
-    __slots__ = ("errors", "limiter", "permits")
+    __slots__ = ("errors", "limiter", "metrics", "permits")
 
-    def __init__(self, limiter: Any, permits: Any, errors: Any) -> None:
+    def __init__(self, limiter: Any, permits: Any, errors: Any, metrics: Any = None) -> None:
         self.limiter = limiter
         self.permits = permits
         self.errors = errors
+        self.metrics = metrics
 
     async def __call__(self, message: Any, call_next: CallNext) -> Any:
         if not self.limiter.try_acquire():
             if self.permits is None:
                 self.limiter.note_rejected()
+                _count(self.metrics, COUNTER_CONCURRENCY_REJECTED)
                 raise self.errors.concurrency_limited()
-            await self.permits.acquire()
+            try:
+                await self.permits.acquire()
+            except Exception:
+                _count(self.metrics, COUNTER_CONCURRENCY_REJECTED)
+                raise
         try:
             return await call_next(message)
         finally:

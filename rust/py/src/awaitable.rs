@@ -186,12 +186,37 @@ pub(crate) fn fail(py: Python<'_>, error: PyErr) -> PyResult<Bound<'_, PyAny>> {
     new_pending(py, Job::Fail { error })
 }
 
-/// An awaitable that runs the handlers of an event route.
+/// An awaitable that runs the handlers of an event route, inside its observer when it has one.
 pub(crate) fn publish<'py>(
     py: Python<'py>,
     route: Arc<Route>,
     message: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    if let Some(observer) = &route.observer {
+        // The observer's hooked run drives the fan-out as its target: one code path observes a
+        // send and a publish alike, and the fan-out itself stays as fast without an observer.
+        let observer = observer.clone_ref(py);
+        let target = Py::new(py, PublishRun { route: SharedRoute(ManuallyDrop::new(route)) })?.into_any();
+        return hooked(py, &observer, &target, message, true, false);
+    }
+    fan_out(py, route, message)
+}
+
+/// The fan-out of an observed publish, called as its observer's target.
+#[pyclass(name = "_PublishRun", module = "catga._catga", frozen)]
+struct PublishRun {
+    route: SharedRoute,
+}
+
+#[pymethods]
+impl PublishRun {
+    fn __call__<'py>(&self, event: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        fan_out(event.py(), Arc::clone(&self.route.0), event)
+    }
+}
+
+/// An awaitable that runs the handlers of an event route in order.
+fn fan_out<'py>(py: Python<'py>, route: Arc<Route>, message: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     let walk = FanOut::new(route.handlers.len());
     // SAFETY: attached; a live reference.
     let message = unsafe { Obj::from_borrowed(message.as_ptr()) };

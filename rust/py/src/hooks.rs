@@ -8,20 +8,59 @@
 //! success, failure, cancellation, or when it is abandoned unfinished.
 #![allow(unsafe_code)] // two raw calls: the context variable and handing objects to the awaitable
 
-use pyo3::exceptions::PyTypeError;
+use std::sync::Arc;
+use std::time::Instant;
+
+use pyo3::exceptions::asyncio::CancelledError;
+use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBool, PyTuple};
+use pyo3::types::{PyBool, PyDict, PyTuple};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
+use catga_core::metrics::{Counter, Outcome, TypeMetrics};
 use catga_core::{Claim, Key};
 
+use crate::metrics::PyTypeMetrics;
 use crate::raw::{self, Obj};
 use crate::stores::PyIdempotencyTable;
 
-/// The bookkeeping behaviours of one route handler, run by the core around its target.
+/// `logging=(logger, level, log)`: the level is asked once per run, from the logger's own cache.
+struct LoggingHook {
+    source: Py<PyTuple>,
+    logger: Py<PyAny>,
+    /// `logger._cache`, the dict in which `Logger.isEnabledFor` keeps its answers per level and
+    /// which every level change clears; `None` when the logger has none (then it is asked).
+    cache: Option<Py<PyDict>>,
+    level: Py<PyAny>,
+    log: Py<PyAny>,
+}
+
+/// `tracing=(switch, key, tracer, outer, inner)`: live when `switch` is `None` or
+/// `switch[key] is not None` (the OpenTelemetry API's global tracer provider, once one is set).
+struct TracingHook {
+    source: Py<PyTuple>,
+    switch: Option<(Py<PyDict>, Py<PyAny>)>,
+    tracer: Py<PyAny>,
+    outer: Option<Py<PyAny>>,
+    inner: Option<Py<PyAny>>,
+}
+
+/// `metrics=(type_metrics, role)`.
+struct MetricsHook {
+    source: Py<PyTuple>,
+    metrics: Arc<TypeMetrics>,
+    /// Counted as a message (`"message"`), or as one event handler of a publish (`"handler"`).
+    message_role: bool,
+}
+
+/// The built-ins of one route handler that the core runs around its target: the observing ones
+/// (docs/internals.md, "Observation") and the bookkeeping ones ("Built-in behaviours").
 #[pyclass(name = "Hooks", module = "catga._catga", frozen)]
 pub(crate) struct PyHooks {
+    logging: Option<LoggingHook>,
+    tracing: Option<TracingHook>,
+    metrics: Option<MetricsHook>,
     idempotency: Option<Py<PyTuple>>,
     /// The idempotency table when it is the native one, with the handler key: claims then cost no
     /// Python call (any other table is called through its methods).
@@ -47,11 +86,79 @@ fn hook_tuple(name: &str, value: Option<Bound<'_, PyAny>>, size: usize) -> PyRes
     }
 }
 
+fn logging_hook(value: Option<Bound<'_, PyAny>>) -> PyResult<Option<LoggingHook>> {
+    let Some(py) = value.as_ref().map(Bound::py) else { return Ok(None) };
+    let Some(source) = hook_tuple("logging", value, 3)? else { return Ok(None) };
+    let tuple = source.bind(py);
+    let logger = tuple.get_item(0)?;
+    let cache = logger.getattr(intern!(tuple.py(), "_cache")).ok().and_then(|c| c.cast_into::<PyDict>().ok());
+    Ok(Some(LoggingHook {
+        logger: logger.unbind(),
+        cache: cache.map(Bound::unbind),
+        level: tuple.get_item(1)?.unbind(),
+        log: tuple.get_item(2)?.unbind(),
+        source,
+    }))
+}
+
+fn tracing_hook(value: Option<Bound<'_, PyAny>>) -> PyResult<Option<TracingHook>> {
+    let Some(py) = value.as_ref().map(Bound::py) else { return Ok(None) };
+    let Some(source) = hook_tuple("tracing", value, 5)? else { return Ok(None) };
+    let tuple = source.bind(py);
+    let switch = tuple.get_item(0)?;
+    let switch = if switch.is_none() {
+        None
+    } else {
+        let dict = switch.cast_into::<PyDict>().map_err(|s| {
+            PyTypeError::new_err(format!("the tracing switch must be a dict or None, got `{}`", repr(&s.into_inner())))
+        })?;
+        Some((dict.unbind(), tuple.get_item(1)?.unbind()))
+    };
+    let name = |i| tuple.get_item(i).map(|n| Some(n).filter(|n| !n.is_none()).map(Bound::unbind));
+    Ok(Some(TracingHook { switch, tracer: tuple.get_item(2)?.unbind(), outer: name(3)?, inner: name(4)?, source }))
+}
+
+fn metrics_hook(value: Option<Bound<'_, PyAny>>) -> PyResult<Option<MetricsHook>> {
+    let Some(py) = value.as_ref().map(Bound::py) else { return Ok(None) };
+    let Some(source) = hook_tuple("metrics", value, 2)? else { return Ok(None) };
+    let tuple = source.bind(py);
+    let metrics = tuple.get_item(0)?;
+    let metrics = metrics
+        .cast::<PyTypeMetrics>()
+        .map_err(|_| PyTypeError::new_err(format!("`metrics` needs a `TypeMetrics`, got `{}`", repr(&metrics))))?
+        .get()
+        .inner()
+        .clone();
+    let role = tuple.get_item(1)?;
+    let message_role = match role.extract::<String>().as_deref() {
+        Ok("message") => true,
+        Ok("handler") => false,
+        _ => {
+            return Err(PyValueError::new_err(format!(
+                "the `metrics` role must be `message` or `handler`, got `{}`",
+                repr(&role)
+            )))
+        }
+    };
+    Ok(Some(MetricsHook { source, metrics, message_role }))
+}
+
+fn repr(value: &Bound<'_, PyAny>) -> String {
+    value.repr().map_or_else(|_| "?".to_owned(), |r| r.to_string())
+}
+
 #[pymethods]
 impl PyHooks {
     #[new]
-    #[pyo3(signature = (*, idempotency=None, rate_limit=None, concurrency=None, breaker=None, cache=None, errors=None))]
+    #[pyo3(signature = (
+        *, logging=None, tracing=None, metrics=None, idempotency=None, rate_limit=None, concurrency=None, breaker=None,
+        cache=None, errors=None
+    ))]
+    #[allow(clippy::too_many_arguments)] // one keyword per behaviour, as the contract names them
     fn py_new(
+        logging: Option<Bound<'_, PyAny>>,
+        tracing: Option<Bound<'_, PyAny>>,
+        metrics: Option<Bound<'_, PyAny>>,
         idempotency: Option<Bound<'_, PyAny>>,
         rate_limit: Option<Bound<'_, PyAny>>,
         concurrency: Option<Bound<'_, PyAny>>,
@@ -72,6 +179,9 @@ impl PyHooks {
             None => None,
         };
         let hooks = Self {
+            logging: logging_hook(logging)?,
+            tracing: tracing_hook(tracing)?,
+            metrics: metrics_hook(metrics)?,
             idempotency,
             native_idempotency,
             rate_limit: hook_tuple("rate_limit", rate_limit, 3)?,
@@ -89,6 +199,21 @@ impl PyHooks {
             return Err(PyTypeError::new_err("`Hooks` needs `errors` when any hook is set"));
         }
         Ok(hooks)
+    }
+
+    #[getter]
+    fn logging(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        self.logging.as_ref().map(|hook| hook.source.clone_ref(py))
+    }
+
+    #[getter]
+    fn tracing(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        self.tracing.as_ref().map(|hook| hook.source.clone_ref(py))
+    }
+
+    #[getter]
+    fn metrics(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        self.metrics.as_ref().map(|hook| hook.source.clone_ref(py))
     }
 
     #[getter]
@@ -123,6 +248,9 @@ impl PyHooks {
 
     fn __repr__(&self) -> String {
         let on: Vec<&str> = [
+            ("logging", self.logging.is_some()),
+            ("tracing", self.tracing.is_some()),
+            ("metrics", self.metrics.is_some()),
             ("idempotency", self.idempotency.is_some()),
             ("rate_limit", self.rate_limit.is_some()),
             ("concurrency", self.concurrency.is_some()),
@@ -139,6 +267,29 @@ impl PyHooks {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         for tuple in [&self.idempotency, &self.rate_limit, &self.concurrency, &self.cache].into_iter().flatten() {
             visit.call(tuple)?;
+        }
+        if let Some(hook) = &self.logging {
+            visit.call(&hook.source)?;
+            visit.call(&hook.logger)?;
+            if let Some(cache) = &hook.cache {
+                visit.call(cache)?;
+            }
+            visit.call(&hook.level)?;
+            visit.call(&hook.log)?;
+        }
+        if let Some(hook) = &self.tracing {
+            visit.call(&hook.source)?;
+            visit.call(&hook.tracer)?;
+            if let Some((switch, key)) = &hook.switch {
+                visit.call(switch)?;
+                visit.call(key)?;
+            }
+            for name in [&hook.outer, &hook.inner].into_iter().flatten() {
+                visit.call(name)?;
+            }
+        }
+        if let Some(hook) = &self.metrics {
+            visit.call(&hook.source)?;
         }
         for object in [&self.breaker, &self.errors].into_iter().flatten() {
             visit.call(object)?;
@@ -191,6 +342,27 @@ pub(crate) struct HookedRun {
     breaker: bool,
     cache_key: Option<Py<PyAny>>,
     token: Option<Obj>,
+    /// The result came from the idempotency table or the cache.
+    from_cache: bool,
+    observing: Observing,
+}
+
+/// What one run observes, decided at its start (docs/internals.md, "Observation").
+#[derive(Default)]
+#[allow(clippy::struct_excessive_bools)] // independent facts about one run, not a state in disguise
+struct Observing {
+    /// When the run started, when its duration is wanted (a message's metrics, a log record).
+    started: Option<Instant>,
+    /// `metrics.enter()` happened: the end owes a `leave`.
+    entered: bool,
+    /// The logger took the level at the start: the end writes a record.
+    log: bool,
+    /// A tracer provider was set at the start: the run opens spans.
+    traced: bool,
+    outer_span: Option<Py<PyAny>>,
+    inner_span: Option<Py<PyAny>>,
+    /// The end was observed (it happens once, whichever way the run ends).
+    ended: bool,
 }
 
 const COMPLETED: i64 = 2;
@@ -220,15 +392,19 @@ impl HookedRun {
             breaker: false,
             cache_key: None,
             token: None,
+            from_cache: false,
+            observing: Observing::default(),
         }
     }
 
     /// The first step.
     pub(crate) fn start(&mut self, py: Python<'_>) -> Step {
-        match self.claim_and_enter(py) {
+        self.observe_start(py);
+        let step = match self.claim_and_enter(py) {
             Ok(step) => step,
             Err(error) => self.fail(py, error),
-        }
+        };
+        self.observed(py, step)
     }
 
     /// The awaitable handed out by the last `Step::Await` finished with `outcome`.
@@ -239,18 +415,28 @@ impl HookedRun {
                 self.permit = true;
                 self.enter(py)
             }
+            (Phase::PermitWait, Err(error)) => {
+                if error.is_instance_of::<PyException>(py) {
+                    self.count(Counter::ConcurrencyRejected);
+                }
+                Err(error)
+            }
             (Phase::Target, Ok(value)) => {
+                self.end_inner_span(py, None);
                 self.leave_context();
-                return self.succeed(py, value, false);
+                let step = self.succeed(py, value, false);
+                return self.observed(py, step);
             }
             (Phase::Target, Err(error)) => {
+                self.end_inner_span(py, Some(error.value(py).as_any()));
                 self.leave_context();
                 Err(error)
             }
             (_, Err(error)) => Err(error),
             (phase, Ok(_)) => unreachable!("resumed in phase {}", phase as u8),
         };
-        result.unwrap_or_else(|error| self.fail(py, error))
+        let step = result.unwrap_or_else(|error| self.fail(py, error));
+        self.observed(py, step)
     }
 
     /// The owner stops before the run ended (closed, or collected while suspended): give back
@@ -260,6 +446,117 @@ impl HookedRun {
             self.leave_context();
             let _ = self.settle_failure(py, false);
             self.phase = Phase::Done;
+        }
+        if !self.observing.ended {
+            let cancelled = PyErr::new::<CancelledError, _>(());
+            self.observe_end(py, Some(cancelled.value(py).as_any()));
+        }
+    }
+
+    // ---- observation (docs/internals.md, "Observation") ------------------------------------
+
+    /// Decide what this run observes, and open what opens at its start.
+    fn observe_start(&mut self, py: Python<'_>) {
+        let hooks = self.hooks(py);
+        let hooks = hooks.get();
+        if let Some(logging) = &hooks.logging {
+            self.observing.log = logging_enabled(py, logging);
+        }
+        if let Some(tracing) = &hooks.tracing {
+            self.observing.traced = tracing_live(py, tracing);
+            if let (true, Some(outer)) = (self.observing.traced, &tracing.outer) {
+                self.observing.outer_span = start_span(py, tracing, self.message.bind(py), outer);
+            }
+        }
+        if let Some(metrics) = &hooks.metrics {
+            if metrics.message_role {
+                metrics.metrics.enter();
+                self.observing.entered = true;
+            }
+        }
+        if self.observing.entered || self.observing.log {
+            self.observing.started = Some(Instant::now());
+        }
+    }
+
+    fn count(&self, counter: Counter) {
+        if let Some(metrics) = &self.hooks.get().metrics {
+            metrics.metrics.count(counter, 1);
+        }
+    }
+
+    /// Open the span around the target, when the run is traced and has one.
+    fn start_inner_span(&mut self, py: Python<'_>) {
+        if !self.observing.traced {
+            return;
+        }
+        let hooks = self.hooks(py);
+        if let Some(tracing) = &hooks.get().tracing {
+            if let Some(inner) = &tracing.inner {
+                self.observing.inner_span = start_span(py, tracing, self.message.bind(py), inner);
+            }
+        }
+    }
+
+    fn end_inner_span(&mut self, py: Python<'_>, error: Option<&Bound<'_, PyAny>>) {
+        if let Some(span) = self.observing.inner_span.take() {
+            self.end_span(py, &span, error, false);
+        }
+    }
+
+    fn end_span(&self, py: Python<'_>, span: &Py<PyAny>, error: Option<&Bound<'_, PyAny>>, from_cache: bool) {
+        let tracing = self.hooks.get().tracing.as_ref().expect("a span implies tracing");
+        let ended = tracing.tracer.bind(py).call_method1(intern!(py, "end"), (span, error, from_cache));
+        if let Err(error) = ended {
+            warn(py, "could not end a span", &error);
+        }
+    }
+
+    /// A step that ends the run (a return or a raise) closes what the start opened.
+    fn observed(&mut self, py: Python<'_>, step: Step) -> Step {
+        match &step {
+            Step::Await(_) => {}
+            Step::Return(_) => self.observe_end(py, None),
+            Step::Raise(error) => {
+                let error = error.value(py).clone();
+                self.observe_end(py, Some(error.as_any()));
+            }
+        }
+        step
+    }
+
+    fn observe_end(&mut self, py: Python<'_>, error: Option<&Bound<'_, PyAny>>) {
+        if self.observing.ended {
+            return;
+        }
+        self.observing.ended = true;
+        self.end_inner_span(py, error);
+        let elapsed = self.observing.started.map(|started| started.elapsed());
+        let from_cache = self.from_cache;
+        if let Some(span) = self.observing.outer_span.take() {
+            self.end_span(py, &span, error, from_cache);
+        }
+        let hooks = self.hooks(py);
+        let hooks = hooks.get();
+        let outcome = match error {
+            None => Outcome::Success,
+            Some(error) if error.is_instance_of::<PyException>() => Outcome::Failure,
+            Some(_) => Outcome::Cancelled,
+        };
+        if let Some(metrics) = &hooks.metrics {
+            if self.observing.entered {
+                let nanos = elapsed.map_or(0, |e| u64::try_from(e.as_nanos()).unwrap_or(u64::MAX));
+                metrics.metrics.leave(outcome, nanos);
+            } else if !metrics.message_role {
+                metrics.metrics.handler_done(outcome);
+            }
+        }
+        if let (true, Some(logging)) = (self.observing.log, &hooks.logging) {
+            let seconds = elapsed.map_or(0.0, |e| e.as_secs_f64());
+            let logged = logging.log.bind(py).call1((self.message.bind(py), seconds, error, from_cache));
+            if let Err(error) = logged {
+                warn(py, "could not write the log record of a message", &error);
+            }
         }
     }
 
@@ -283,6 +580,8 @@ impl HookedRun {
             match table.get().claim_key(py, key)? {
                 Claim::Completed(stored) => {
                     self.phase = Phase::Done;
+                    self.from_cache = true;
+                    self.count(Counter::IdempotencyHits);
                     return Ok(Step::Return(self.output(py, stored.into_bound(py), true)?));
                 }
                 Claim::InFlight => {
@@ -290,7 +589,10 @@ impl HookedRun {
                     let error = self.errors(py).call_method1(intern!(py, "conflict"), (self.message.bind(py),))?;
                     return Ok(Step::Raise(PyErr::from_value(error)));
                 }
-                Claim::Claimed => self.claim = Some(HeldClaim::Native(key)),
+                Claim::Claimed => {
+                    self.count(Counter::IdempotencyMisses);
+                    self.claim = Some(HeldClaim::Native(key));
+                }
             }
         } else if let Some(idempotency) = &hooks.get().idempotency {
             let (table, handler) = (idempotency.bind(py).get_item(0)?, idempotency.bind(py).get_item(1)?);
@@ -299,6 +601,8 @@ impl HookedRun {
             let (status, stored): (i64, Bound<'_, PyAny>) = claimed.extract()?;
             if status == COMPLETED {
                 self.phase = Phase::Done;
+                self.from_cache = true;
+                self.count(Counter::IdempotencyHits);
                 return Ok(Step::Return(self.output(py, stored, true)?));
             }
             if status == IN_FLIGHT {
@@ -306,6 +610,7 @@ impl HookedRun {
                 let error = self.errors(py).call_method1(intern!(py, "conflict"), (self.message.bind(py),))?;
                 return Ok(Step::Raise(PyErr::from_value(error)));
             }
+            self.count(Counter::IdempotencyMisses);
             self.claim = Some(HeldClaim::Python(message_id.unbind()));
         }
         self.enter(py)
@@ -357,6 +662,7 @@ impl HookedRun {
             return Ok(None);
         }
         if !wait || max_wait.is_some_and(|max| due > max) {
+            self.count(Counter::RateLimitRejected);
             let error = self.errors(py).call_method1(intern!(py, "rate_limited"), (due,))?;
             return Err(PyErr::from_value(error));
         }
@@ -372,6 +678,7 @@ impl HookedRun {
             return Ok(None);
         }
         if permits.is_none() {
+            self.count(Counter::ConcurrencyRejected);
             limiter.call_method0(intern!(py, "note_rejected"))?;
             let error = self.errors(py).call_method0(intern!(py, "concurrency_limited"))?;
             return Err(PyErr::from_value(error));
@@ -388,6 +695,7 @@ impl HookedRun {
         if self.token.is_none() {
             return Err(PyErr::fetch(py));
         }
+        self.start_inner_span(py);
         let result = self.target.bind(py).call1((self.message.bind(py),));
         match result {
             Ok(awaitable) if self.is_async => {
@@ -395,10 +703,12 @@ impl HookedRun {
                 Ok(Step::Await(owned(awaitable)))
             }
             Ok(value) => {
+                self.end_inner_span(py, None);
                 self.leave_context();
                 Ok(self.succeed(py, value, false))
             }
             Err(error) => {
+                self.end_inner_span(py, Some(error.value(py).as_any()));
                 self.leave_context();
                 Err(error)
             }
@@ -414,6 +724,7 @@ impl HookedRun {
 
     /// Step 7 on success.
     fn succeed(&mut self, py: Python<'_>, value: Bound<'_, PyAny>, from_cache: bool) -> Step {
+        self.from_cache = from_cache;
         let settled = (|| -> PyResult<()> {
             let hooks = self.hooks(py);
             let hooks = hooks.get();
@@ -451,7 +762,9 @@ impl HookedRun {
 
     /// Step 7 on failure: give everything back, then raise `error`.
     fn fail(&mut self, py: Python<'_>, error: PyErr) -> Step {
-        let counts = error.is_instance_of::<pyo3::exceptions::PyException>(py)
+        // Asked only when a breaker records it: observation-only hooks have no `errors`.
+        let counts = self.breaker
+            && error.is_instance_of::<PyException>(py)
             && !self
                 .errors(py)
                 .call_method1(intern!(py, "is_ignored"), (error.value(py),))
@@ -523,7 +836,68 @@ impl HookedRun {
                 self.cache_key.as_ref().map(Py::as_ptr),
             ])
             .chain([self.token.as_ref().map(Obj::as_ptr)])
+            .chain([
+                self.observing.outer_span.as_ref().map(Py::as_ptr),
+                self.observing.inner_span.as_ref().map(Py::as_ptr),
+            ])
             .flatten()
+    }
+}
+
+/// Whether the logger takes the hook's level, asked the way `Logger.isEnabledFor` answers.
+fn logging_enabled(py: Python<'_>, hook: &LoggingHook) -> bool {
+    if let Some(cache) = &hook.cache {
+        // NOTE: the logger's own cache of answers, read without a Python call: the disabled Logging
+        // check costs a dict look-up (BENCHMARKS.md, "Observability"), where `isEnabledFor` cost ~70 ns.
+        if let Ok(Some(answer)) = cache.bind(py).get_item(hook.level.bind(py)) {
+            if let Ok(answer) = answer.cast::<PyBool>() {
+                return answer.is_true();
+            }
+        }
+    }
+    match hook.logger.bind(py).call_method1(intern!(py, "isEnabledFor"), (hook.level.bind(py),)) {
+        Ok(answer) => answer.is_truthy().unwrap_or(false),
+        Err(error) => {
+            warn(py, "could not ask the logger for its level", &error);
+            false
+        }
+    }
+}
+
+/// Whether a tracer provider is set (or the hook has no switch: always).
+fn tracing_live(py: Python<'_>, hook: &TracingHook) -> bool {
+    match &hook.switch {
+        None => true,
+        Some((switch, key)) => matches!(switch.bind(py).get_item(key.bind(py)), Ok(Some(value)) if !value.is_none()),
+    }
+}
+
+fn start_span(
+    py: Python<'_>,
+    hook: &TracingHook,
+    message: &Bound<'_, PyAny>,
+    operation: &Py<PyAny>,
+) -> Option<Py<PyAny>> {
+    match hook.tracer.bind(py).call_method1(intern!(py, "start"), (message, operation.bind(py))) {
+        Ok(span) => Some(span.unbind()),
+        Err(error) => {
+            warn(py, "could not start a span: tracing skips it", &error);
+            None
+        }
+    }
+}
+
+/// Observation must never break message handling: a failure is logged on `catga.observability`.
+fn warn(py: Python<'_>, what: &str, error: &PyErr) {
+    let logged = (|| -> PyResult<()> {
+        let logger = py.import("logging")?.call_method1("getLogger", ("catga.observability",))?;
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("exc_info", error.value(py))?;
+        logger.call_method("warning", ("%s", what), Some(&kwargs))?;
+        Ok(())
+    })();
+    if let Err(log_error) = logged {
+        log_error.write_unraisable(py, None);
     }
 }
 

@@ -132,7 +132,6 @@ pub(crate) struct PyTypeMetrics {
 
 impl PyTypeMetrics {
     /// The core's metrics, for the pipeline to record into without a Python call.
-    #[allow(dead_code)] // the pipeline's hooks take it; they come with the metrics behaviour
     pub(crate) fn inner(&self) -> &Arc<TypeMetrics> {
         &self.metrics
     }

@@ -26,11 +26,13 @@ pub(crate) struct Route {
     pub(crate) source: Py<PyTuple>,
     pub(crate) is_event: bool,
     pub(crate) handlers: Box<[Handler]>,
+    /// An event route's hooks that observe the whole publish (docs/internals.md, "Observation").
+    pub(crate) observer: Option<Py<PyHooks>>,
     pub(crate) type_name: String,
 }
 
 impl Route {
-    /// Check and compile `(is_event, ((target, is_async, with_context), ...))`.
+    /// Check and compile `(is_event, ((target, is_async, with_context[, hooks]), ...)[, observer])`.
     pub(crate) fn compile(message_type: &Bound<'_, PyType>, source: &Bound<'_, PyAny>) -> PyResult<Route> {
         let type_name = message_type.qualname().map_or_else(|_| "?".to_owned(), |name| name.to_string());
         let malformed = |what: &str| {
@@ -40,8 +42,8 @@ impl Route {
             ))
         };
         let source = source.cast::<PyTuple>().map_err(|_| malformed("expected a tuple"))?;
-        if source.len() != 2 {
-            return Err(malformed("expected `(is_event, handlers)`"));
+        if source.len() != 2 && source.len() != 3 {
+            return Err(malformed("expected `(is_event, handlers)` or `(is_event, handlers, observer)`"));
         }
         let is_event =
             source.get_item(0)?.cast::<PyBool>().map_err(|_| malformed("`is_event` must be a bool"))?.is_true();
@@ -77,11 +79,24 @@ impl Route {
         if !is_event && handlers.len() != 1 {
             return Err(malformed("a request route needs exactly one handler"));
         }
+        let observer = match source.get_item(2).ok().filter(|observer| !observer.is_none()) {
+            None => None,
+            Some(_) if !is_event => {
+                return Err(malformed("only an event route has an observer (a request's goes in its handler's hooks)"))
+            }
+            Some(observer) => Some(
+                observer
+                    .cast_into::<PyHooks>()
+                    .map_err(|_| malformed("`observer` must be a `Hooks` or None"))?
+                    .unbind(),
+            ),
+        };
         Ok(Route {
             message_type: message_type.clone().unbind(),
             source: source.clone().unbind(),
             is_event,
             handlers,
+            observer,
             type_name,
         })
     }
@@ -89,6 +104,9 @@ impl Route {
     pub(crate) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.message_type)?;
         visit.call(&self.source)?;
+        if let Some(observer) = &self.observer {
+            visit.call(observer)?;
+        }
         self.handlers.iter().try_for_each(|handler| {
             visit.call(&handler.target)?;
             handler.hooks.as_ref().map_or(Ok(()), |hooks| visit.call(hooks))
