@@ -109,7 +109,7 @@ format: $(DEPS_STAMP) ## Format and autofix: cargo fmt, ruff
 bench: $(BUILD_STAMP) ## Benchmarks (benches/): both cores against the direct-await floor
 	CATGA_PURE_PYTHON=0 $(PYTEST) benches $(BENCH_FLAGS) $(BENCH_ARGS)
 	@# The built-in pipeline on the pure core: its state comes from the core chosen at import.
-	CATGA_PURE_PYTHON=1 $(PYTEST) benches/test_pipeline.py -k "default or hit" $(BENCH_FLAGS) $(BENCH_ARGS)
+	CATGA_PURE_PYTHON=1 $(PYTEST) benches/test_pipeline.py benches/test_observability.py -k "default or hit or observing" $(BENCH_FLAGS) $(BENCH_ARGS)
 
 .PHONY: clean
 clean: ## Remove build artefacts and caches (keeps .venv; `rm -rf .venv` for a fresh one)

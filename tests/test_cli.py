@@ -122,6 +122,38 @@ def test_demo(capsys: pytest.CaptureFixture[str]) -> None:
     assert message_id == correlation_id
 
 
+def test_demo_trace_prints_the_span_tree(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, err = run(capsys, "demo", "--trace")
+    assert (status, err) == (0, "")
+    tree = out.split("spans (OpenTelemetry SDK", 1)[1].splitlines()[1:]
+    names = [" ".join(line.split()[:2]) for line in tree[:5]]
+    assert names == [
+        "send catga._demo.PlaceOrder",
+        "handle catga._demo.PlaceOrder",
+        "publish catga._demo.OrderPlaced",
+        "handle catga._demo.OrderPlaced",
+        "handle catga._demo.OrderPlaced",
+    ]
+    indents = [len(line) - len(line.lstrip()) for line in tree[:5]]
+    assert indents == [2, 4, 6, 8, 8]  # each span under its parent
+    assert tree[-1].strip().endswith("failure")  # the rejected order's handle span
+
+
+def test_demo_metrics_prints_prometheus_text(capsys: pytest.CaptureFixture[str]) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, out, err = run(capsys, "demo", "--metrics")
+    assert (status, err) == (0, "")
+    text = out.split("metrics (Prometheus text format; `--metrics`):\n", 1)[1]
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    counts = {
+        (sample.labels["type"], sample.labels["outcome"]): sample.value for sample in families["catga_messages"].samples
+    }
+    assert counts[("catga._demo.PlaceOrder", "success")] == 1
+    assert counts[("catga._demo.PlaceOrder", "failure")] == 1
+    assert counts[("catga._demo.OrderPlaced", "success")] == 1
+
+
 def test_demo_as_a_process() -> None:
     proc = run_process("demo")
     assert proc.returncode == 0, proc.stderr

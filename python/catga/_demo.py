@@ -7,12 +7,13 @@ when the demo runs.
 """
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
 
 import catga
+import catga.observability
 
 __all__ = ["run_demo"]
 
@@ -59,9 +60,25 @@ def _step(what: str, text: str) -> None:
     print(f"  {what:<10} {text}")
 
 
-async def run_demo() -> None:
-    """Run the demo, printing to stdout."""
-    mediator = catga.Mediator()
+async def run_demo(*, trace: bool = False, metrics: bool = False) -> None:
+    """Run the demo, printing to stdout; with `trace`, then its spans; with `metrics`, its metrics."""
+    spans = _span_exporter() if trace else None
+    registry = catga.observability.MetricsRegistry() if metrics else None
+    config = catga.Config.default()
+    if spans is not None:
+        config = config.with_(tracing=catga.behaviors.Tracing(tracer_provider=spans[0]))
+    if registry is not None:
+        config = config.with_(metrics=catga.behaviors.Metrics(registry=registry))
+    await _run(catga.Mediator(config=config))
+    if spans is not None:
+        print("\nspans (OpenTelemetry SDK, kept in memory; `--trace`):")
+        _print_span_tree(spans[1].get_finished_spans())
+    if registry is not None:
+        print("\nmetrics (Prometheus text format; `--metrics`):")
+        print(registry.prometheus_text(), end="")
+
+
+async def _run(mediator: catga.Mediator) -> None:
     orders: dict[str, Order] = {}
 
     async def audit(message: Any, call_next: Callable[[Any], Awaitable[Any]]) -> Any:
@@ -137,6 +154,42 @@ def _show_result(result: "catga.Result[Any]") -> None:
         _step("error", f"{type(error).__name__}: {error}")
         if error.__cause__ is not None:
             _step("cause", f"{type(error.__cause__).__name__} (the handler's exception, as error.__cause__)")
+
+
+def _span_exporter() -> tuple[Any, Any]:
+    """A tracer provider of the OpenTelemetry SDK that keeps its spans in memory, and its exporter."""
+    try:
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    except ImportError:
+        from catga.cli._common import CliError
+
+        raise CliError("`--trace` needs the OpenTelemetry SDK: pip install opentelemetry-sdk") from None
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter
+
+
+def _print_span_tree(spans: "Sequence[Any]") -> None:
+    """Each span under its parent, in start order: name, duration, outcome."""
+    children: dict[int | None, list[Any]] = {}
+    ids = {span.context.span_id for span in spans}
+    for span in sorted(spans, key=lambda span: span.start_time):
+        parent = span.parent.span_id if span.parent is not None and span.parent.span_id in ids else None
+        children.setdefault(parent, []).append(span)
+
+    def show(parent: int | None, depth: int) -> None:
+        for span in children.get(parent, ()):
+            attributes = span.attributes or {}
+            duration = (span.end_time - span.start_time) / 1e6
+            outcome = attributes.get("catga.outcome", "")
+            cached = " (stored result)" if attributes.get("catga.from_cache") else ""
+            print(f"  {'  ' * depth}{span.name}  {duration:.3f} ms  {outcome}{cached}")
+            show(span.context.span_id, depth + 1)
+
+    show(None, 0)
 
 
 def _elapsed(start: float) -> str:

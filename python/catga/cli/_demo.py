@@ -18,11 +18,19 @@ def add_parser(commands: Subparsers) -> None:
             "that fails."
         ),
     )
+    demo.add_argument(
+        "--trace",
+        action="store_true",
+        help="print the OpenTelemetry spans of the demo as a tree (needs `pip install opentelemetry-sdk`)",
+    )
+    demo.add_argument(
+        "--metrics", action="store_true", help="print the demo's metrics in the Prometheus text format after it ran"
+    )
     demo.set_defaults(run=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     from catga._demo import run_demo
 
-    asyncio.run(run_demo())
+    asyncio.run(run_demo(trace=args.trace, metrics=args.metrics))
     return 0
