@@ -542,3 +542,24 @@ def test_the_default_registry_reaches_a_meter_provider_set_later() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "3"
+
+
+# ---------------------------------------------------------------------------------- bad settings
+
+
+def test_bad_observability_settings_fail_where_they_are_written() -> None:
+    with pytest.raises(TypeError, match="`tracer_provider` must be an OpenTelemetry `TracerProvider`, got `'jaeger'`"):
+        Tracing(tracer_provider="jaeger")
+    with pytest.raises(TypeError, match=r"`registry` must be a `catga.observability.MetricsRegistry`, got `\{\}`"):
+        Metrics(registry={})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="`level` must be a logging level"):
+        Logging(level="LOUD")
+
+
+def test_observing_builtins_compare_by_settings() -> None:
+    registry = MetricsRegistry()
+    assert Metrics(registry=registry) == Metrics(registry=registry)
+    assert Metrics(registry=registry) != Metrics(registry=MetricsRegistry())
+    assert Metrics() == Metrics()  # both the default registry
+    assert repr(Metrics()) == "Metrics()"
+    assert repr(Tracing()) == "Tracing()"

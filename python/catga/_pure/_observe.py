@@ -21,6 +21,16 @@ import logging
 from time import perf_counter
 from typing import Any, Final
 
+from catga._pure._metrics import (
+    COUNTER_CONCURRENCY_REJECTED,
+    COUNTER_IDEMPOTENCY_HITS,
+    COUNTER_IDEMPOTENCY_MISSES,
+    COUNTER_RATE_LIMIT_REJECTED,
+    OUTCOME_CANCELLED,
+    OUTCOME_FAILURE,
+    OUTCOME_SUCCESS,
+)
+
 __all__ = [
     "COUNTER_CONCURRENCY_REJECTED",
     "COUNTER_IDEMPOTENCY_HITS",
@@ -30,14 +40,6 @@ __all__ = [
     "observe",
     "outcome_of",
 ]
-
-OUTCOME_SUCCESS: Final = 0
-OUTCOME_FAILURE: Final = 1
-OUTCOME_CANCELLED: Final = 2
-COUNTER_IDEMPOTENCY_HITS: Final = 1
-COUNTER_IDEMPOTENCY_MISSES: Final = 2
-COUNTER_RATE_LIMIT_REJECTED: Final = 3
-COUNTER_CONCURRENCY_REJECTED: Final = 4
 
 _logger: Final = logging.getLogger("catga.observability")
 

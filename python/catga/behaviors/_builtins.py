@@ -11,7 +11,10 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from catga.observability import MetricsRegistry
 
 __all__ = [
     "BuiltinBehavior",
@@ -191,20 +194,20 @@ class Metrics(BuiltinBehavior):
     Metrics()
     """
 
-    __slots__ = ("_registry", "registry_given")
+    __slots__ = ("_given", "_registry")
     _params = ("registry",)
 
-    def __init__(self, registry: object | None = None) -> None:
+    def __init__(self, registry: "MetricsRegistry | None" = None) -> None:
         if registry is not None:
             from catga.observability import MetricsRegistry  # here: catga.observability imports catga
 
             if not isinstance(registry, MetricsRegistry):
                 raise TypeError(f"`registry` must be a `catga.observability.MetricsRegistry`, got `{registry!r}`")
-        self.registry_given = registry
+        self._given = registry
         self._registry = registry
 
     @property
-    def registry(self) -> Any:
+    def registry(self) -> "MetricsRegistry":
         """The registry recorded into: the one given, else the process-wide default."""
         if self._registry is None:
             from catga.observability import default_registry
@@ -213,7 +216,7 @@ class Metrics(BuiltinBehavior):
         return self._registry
 
     def __repr__(self) -> str:
-        return "Metrics()" if self.registry_given is None else f"Metrics(registry={self.registry_given!r})"
+        return "Metrics()" if self._given is None else f"Metrics(registry={self._given!r})"
 
     def _settings(self) -> tuple[object, ...]:
         return (self.registry,)

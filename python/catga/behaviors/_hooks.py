@@ -1,8 +1,10 @@
-"""The bookkeeping built-ins of a route: the core's `Hooks`, or Python layers for remote stores.
+"""The core-run built-ins of a route: the core's `Hooks`, or Python layers for remote stores.
 
-`Mediator._compile_route` calls `plan_builtins` once per route handler. Idempotency, RateLimit,
-ConcurrencyLimit, CircuitBreaker and Cache become one `catga._core.Hooks`, which the core runs
-synchronously around the target, without a Python frame (docs/internals.md, "Built-in behaviours").
+`Mediator._compile_route` calls `plan_builtins` once per route handler. The observing built-ins
+(Logging, Tracing, Metrics: `catga.behaviors._observe`) and the bookkeeping ones (Idempotency,
+RateLimit, ConcurrencyLimit, CircuitBreaker and Cache) become one `catga._core.Hooks`, which the
+core runs synchronously around the target, without a Python frame (docs/internals.md,
+"Observation" and "Built-in behaviours").
 Their state lives on the behaviour instances, made on first use and kept across recompiles: one
 token bucket per `RateLimit` (one per message type with `per_type=True`), one limiter and its
 `Permits` per `ConcurrencyLimit`, one breaker per message type (per event handler) per
@@ -384,7 +386,7 @@ def plan_builtins(
     is_event: bool,
     has_message_id: bool,
 ) -> BuiltinPlan:
-    """The bookkeeping built-ins of one route handler: its `Hooks` and, for remote stores, layers.
+    """The core-run built-ins of one route handler: its `Hooks` and, for remote stores, layers.
 
     `config`: the mediator's `catga.Config`. `handler_name`: the handler's qualified name
     (`module.QualName`; it keys event handlers' idempotency entries and breakers, and must be the

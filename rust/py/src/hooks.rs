@@ -1,9 +1,13 @@
-//! `Hooks`: the bookkeeping behaviours of a route handler, and the run that applies them.
+//! `Hooks`: the built-ins of a route handler that the core runs, and the run that applies them.
 //!
-//! A `HookedRun` is the state machine of one send through hooks (docs/internals.md, "Built-in
-//! behaviours", steps 1–7). It never blocks and never awaits by itself: when a step must wait (a
-//! rate-limit sleep, a permit, the target's coroutine) it hands the awaitable to the `Pending` that
-//! owns it, which drives it and reports back through `resume`. Invariant: whatever the run took (an
+//! A `HookedRun` is the state machine of one send through hooks: the observing built-ins (Logging,
+//! Tracing, Metrics; docs/internals.md, "Observation") around the bookkeeping ones ("Built-in
+//! behaviours", steps 1–7). Observation is decided once at the start (is the level on, is a tracer
+//! provider set) and closed once at the end, whichever way the run ends; it never fails a send.
+//!
+//! A run never blocks and never awaits by itself: when a step must wait (a rate-limit sleep, a
+//! permit, the target's coroutine) it hands the awaitable to the `Pending` that owns it, which
+//! drives it and reports back through `resume`. Invariant: whatever the run took (an
 //! idempotency claim, a permit, the breaker's consent, the context) it gives back exactly once, on
 //! success, failure, cancellation, or when it is abandoned unfinished.
 #![allow(unsafe_code)] // two raw calls: the context variable and handing objects to the awaitable
