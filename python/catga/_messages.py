@@ -55,6 +55,18 @@ def _effective_correlation_id(message: object) -> int | None:
     return value if isinstance(value, int) else None
 
 
+def message_ids(message: object) -> tuple[int | None, int | None]:
+    """`(message_id, effective correlation id)` of a message, as logs and spans report them;
+    `None` where it has none (a plain object without int ids)."""
+    message_id = getattr(message, "message_id", None)
+    if not isinstance(message_id, int):
+        message_id = None
+    correlation_id = getattr(message, "correlation_id", None)
+    if not isinstance(correlation_id, int):
+        correlation_id = None
+    return message_id, correlation_id or message_id
+
+
 # ---------------------------------------------------------------------------------- the registry
 
 _registry_lock = threading.Lock()

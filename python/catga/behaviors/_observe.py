@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Final, Literal
 
-from catga._messages import Command, Event, Query
+from catga._messages import Command, Event, Query, message_ids
 
 __all__ = ["Role", "message_kind", "observation_hooks"]
 
@@ -75,12 +75,7 @@ def _make_log(level: int, name: str, wire: str, handler: str | None) -> Callable
     where = f" by `{handler}`" if handler else ""
 
     def log(message: Any, duration: float, error: BaseException | None, from_cache: bool) -> None:
-        message_id = getattr(message, "message_id", None)
-        if not isinstance(message_id, int):
-            message_id = None
-        correlation_id = getattr(message, "correlation_id", None)
-        if not isinstance(correlation_id, int):
-            correlation_id = None
+        message_id, correlation_id = message_ids(message)
         if error is None:
             outcome, text = "success", None
         elif isinstance(error, asyncio.CancelledError) or not isinstance(error, Exception):
@@ -93,7 +88,7 @@ def _make_log(level: int, name: str, wire: str, handler: str | None) -> Callable
         extra = {
             "message_type": wire,
             "message_id": message_id,
-            "correlation_id": correlation_id or message_id,
+            "correlation_id": correlation_id,
             "duration": duration,
             "outcome": outcome,
             "error": text,

@@ -30,6 +30,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, TracerProvider
 
 from catga._core import __version__
+from catga._messages import message_ids
 
 __all__ = ["SpanTracer", "tracing_switch"]
 
@@ -48,17 +49,6 @@ def _error_type(error: BaseException) -> str:
     cls = type(error)
     module = cls.__module__
     return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
-
-
-def _ids(message: object) -> tuple[int | None, int | None]:
-    """`(message_id, effective correlation id)` of a message; `None` where it has none."""
-    message_id = getattr(message, "message_id", None)
-    if not isinstance(message_id, int):
-        message_id = None
-    correlation_id = getattr(message, "correlation_id", None)
-    if not isinstance(correlation_id, int):
-        correlation_id = None
-    return message_id, correlation_id or message_id
 
 
 class SpanTracer:
@@ -131,7 +121,7 @@ class SpanTracer:
             "messaging.destination.name": self._wire_name,
             "catga.message.kind": self._kind,
         }
-        message_id, correlation_id = _ids(message)
+        message_id, correlation_id = message_ids(message)
         if message_id is not None:
             # The conventions make message ids strings (brokers' ids often are).
             attributes["messaging.message.id"] = str(message_id)
