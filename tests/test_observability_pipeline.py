@@ -563,3 +563,21 @@ def test_observing_builtins_compare_by_settings() -> None:
     assert Metrics() == Metrics()  # both the default registry
     assert repr(Metrics()) == "Metrics()"
     assert repr(Tracing()) == "Tracing()"
+
+
+async def test_a_broken_log_handler_never_breaks_a_send(caplog: pytest.LogCaptureFixture) -> None:
+    class Broken(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            raise RuntimeError("the log pipeline is down")
+
+    mediator = catga.Mediator(config=Config.default().with_(logging=Logging(level="INFO")))
+    mediator.register(Reserve, lambda cmd: "ok")
+    logger = logging.getLogger("catga")
+    broken = Broken()
+    logger.addFilter(broken)
+    try:
+        with caplog.at_level(logging.INFO, logger="catga"):
+            assert await mediator.send(Reserve("a")) == "ok"
+    finally:
+        logger.removeFilter(broken)
+    assert any("could not write the log record" in r.getMessage() for r in caplog.records)

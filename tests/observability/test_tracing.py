@@ -74,6 +74,7 @@ def test_send_span_name_and_attributes(provider: TracerProvider, exporter: InMem
         "messaging.destination.name": "test.tracing.orders.place",
         "messaging.message.id": str(message.message_id),
         "catga.message.kind": "command",
+        "catga.message.type": "test.tracing.orders.place",
         "catga.correlation_id": message.message_id,  # a top-level message: its own id
         "catga.outcome": "success",
     }

@@ -78,7 +78,7 @@ class Observation:
     def end_inner(self, error: BaseException | None) -> None:
         span, self.inner_span = self.inner_span, None
         if span is not None:
-            self.tracer.end(span, error, False)
+            _end_span(self.tracer, span, error, False)
 
     def finish(self, error: BaseException | None, from_cache: bool) -> None:
         """The run ended: close the spans, record the metrics, write the log record."""
@@ -87,7 +87,7 @@ class Observation:
         duration = perf_counter() - self.started
         span, self.outer_span = self.outer_span, None
         if span is not None:
-            self.tracer.end(span, error, from_cache)
+            _end_span(self.tracer, span, error, from_cache)
         metrics = self.metrics
         if metrics is not None:
             if self.role == "message":
@@ -95,7 +95,10 @@ class Observation:
             else:
                 metrics.handler_done(outcome)
         if self.log is not None:
-            self.log(self.message, duration, error, from_cache)
+            try:
+                self.log(self.message, duration, error, from_cache)
+            except Exception:
+                _logger.warning("could not write the log record of a message", exc_info=True)
 
 
 def observe(hooks: Any, message: Any) -> tuple[Observation | None, str | None]:
@@ -125,6 +128,13 @@ def observe(hooks: Any, message: Any) -> tuple[Observation | None, str | None]:
     if observation.log is None and observation.tracer is None and observation.metrics is None:
         return None, None
     return observation, inner
+
+
+def _end_span(tracer: Any, span: Any, error: BaseException | None, from_cache: bool) -> None:
+    try:
+        tracer.end(span, error, from_cache)
+    except Exception:
+        _logger.warning("could not end a span", exc_info=True)
 
 
 def _start_span(tracer: Any, message: Any, operation: str) -> Any:

@@ -18,7 +18,6 @@ Spans follow the OpenTelemetry semantic conventions for messaging where they app
 [('send orders.create', 'success')]
 """
 
-import asyncio
 import logging
 import os
 from contextvars import Token
@@ -120,6 +119,7 @@ class SpanTracer:
             "messaging.operation.type": operation_type,
             "messaging.destination.name": self._wire_name,
             "catga.message.kind": self._kind,
+            "catga.message.type": self._wire_name,  # as on the metrics, for joins across signals
         }
         message_id, correlation_id = message_ids(message)
         if message_id is not None:
@@ -158,8 +158,9 @@ class SpanTracer:
 def _finish(span: Span, error: BaseException | None, from_cache: bool) -> None:
     if error is None:
         span.set_attribute("catga.outcome", "success")
-    elif isinstance(error, asyncio.CancelledError):
-        # Cancellation is the caller's decision, not the handler failing: no ERROR status.
+    elif not isinstance(error, Exception):
+        # Cancellation (or an interpreter exit: KeyboardInterrupt, SystemExit, a closed coroutine's
+        # GeneratorExit) is not the handler failing: no ERROR status; logs and metrics agree.
         span.set_attribute("catga.outcome", "cancelled")
     else:
         span.set_attribute("catga.outcome", "failure")
