@@ -581,3 +581,15 @@ async def test_a_broken_log_handler_never_breaks_a_send(caplog: pytest.LogCaptur
     finally:
         logger.removeFilter(broken)
     assert any("could not write the log record" in r.getMessage() for r in caplog.records)
+
+
+def test_a_send_closed_before_it_ran_counts_nothing(registry: MetricsRegistry) -> None:
+    mediator = catga.Mediator(config=Config.minimal().with_(metrics=Metrics(registry=registry)))
+    mediator.register(Reserve, lambda cmd: "ok")
+    mediator.register(Reserved, _async_noop)
+    for pending in (mediator.send(Reserve("a")), mediator.publish(Reserved("a"))):
+        pending.close()  # type: ignore[attr-defined]
+    for stats in registry.snapshot():
+        assert stats["messages"] == {"success": 0, "failure": 0, "cancelled": 0}, stats
+        assert stats["publish_handlers"] == {"success": 0, "failure": 0, "cancelled": 0}, stats
+        assert stats["active"] == 0

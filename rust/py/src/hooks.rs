@@ -365,6 +365,8 @@ struct Observing {
     traced: bool,
     outer_span: Option<Py<PyAny>>,
     inner_span: Option<Py<PyAny>>,
+    /// The start was observed: a run dropped before its first step has nothing to end.
+    begun: bool,
     /// The end was observed (it happens once, whichever way the run ends).
     ended: bool,
 }
@@ -461,6 +463,7 @@ impl HookedRun {
 
     /// Decide what this run observes, and open what opens at its start.
     fn observe_start(&mut self, py: Python<'_>) {
+        self.observing.begun = true;
         let hooks = self.hooks(py);
         let hooks = hooks.get();
         if let Some(logging) = &hooks.logging {
@@ -530,7 +533,7 @@ impl HookedRun {
     }
 
     fn observe_end(&mut self, py: Python<'_>, error: Option<&Bound<'_, PyAny>>) {
-        if self.observing.ended {
+        if self.observing.ended || !self.observing.begun {
             return;
         }
         self.observing.ended = true;
