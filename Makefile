@@ -70,10 +70,30 @@ build: $(BUILD_STAMP) ## Build the Rust extension (release) into .venv
 demo: $(BUILD_STAMP) ## Run `catga demo`: a short in-process order example
 	$(VENV)/bin/catga demo
 
-# The issue that adds the first NATS/Redis/PostgreSQL tests adds a `services` target here (installing
-# nats-server, redis-server and postgresql from Debian when missing) and makes `test` depend on it.
+# The servers the tests start themselves (tests/_servers.py: free loopback ports, temp dirs; nothing
+# here starts a service). Each is a Debian package whose binary has the same name. As root (here and
+# in CI) a missing one is installed; otherwise its tests skip, or fail under CATGA_REQUIRE_SERVICES=1.
+SERVICE_PACKAGES := nats-server redis-server
+
+.PHONY: services
+services: ## Install nats-server and redis-server from Debian when missing (as root)
+	@missing=""; \
+	for package in $(SERVICE_PACKAGES); do \
+		PATH="$$PATH:/usr/sbin:/usr/bin:/usr/local/bin" command -v "$$package" >/dev/null || missing="$$missing $$package"; \
+	done; \
+	if [ -z "$$missing" ]; then \
+		echo "services: $(SERVICE_PACKAGES) installed"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "services: installing$$missing"; \
+		apt-get update -qq; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	else \
+		echo "services: missing$$missing (needs root and apt-get: \`sudo make services\`); their tests will skip" \
+			"(and fail with CATGA_REQUIRE_SERVICES=1)"; \
+	fi
+
 .PHONY: test
-test: $(BUILD_STAMP) ## Rust tests, lint, then the Python suite on both cores
+test: services $(BUILD_STAMP) ## Rust tests, lint, then the Python suite on both cores
 	$(MAKE) test-rust
 	$(MAKE) lint
 	$(MAKE) test-python
