@@ -57,8 +57,8 @@ def test_send_and_publish_are_the_cores_own_methods() -> None:
 def test_constructor_validates_its_arguments() -> None:
     with pytest.raises(ValueError, match="`'parallel'`"):
         catga.Mediator(publish="parallel")  # type: ignore[arg-type]
-    with pytest.raises(NotImplementedError, match="transport"):
-        catga.Mediator(transport=object())
+    with pytest.raises(TypeError, match=r"`transport` must be a `catga\.transports\.Transport`"):
+        catga.Mediator(transport=object())  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         catga.Mediator(catga.Config())  # type: ignore[call-arg]  # keyword-only
 

@@ -88,7 +88,7 @@ def test_behaviors_is_reachable_after_a_plain_import() -> None:
     assert isinstance(catga.behaviors, types.ModuleType)
 
 
-@pytest.mark.parametrize("name", ["redis", "postgres", "nats", "compat"])
+@pytest.mark.parametrize("name", ["postgres", "compat"])
 def test_submodules_of_later_issues_are_missing_attributes(name: str) -> None:
     with pytest.raises(AttributeError, match=f"`{name}`"):
         getattr(catga, name)

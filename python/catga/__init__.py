@@ -104,16 +104,17 @@ __all__ = [
 
 # Submodules reachable as `catga.<name>` after a plain `import catga`, and the extra (pip install
 # catga[<extra>]) each needs beyond the core dependencies, if any. A name whose module does not
-# exist yet raises AttributeError like any missing attribute. To come: "redis": "redis",
-# "postgres": "postgres", "nats": "nats", "compat": None. `asgi` has no dependencies of its own
-# (`catga[server]` only adds uvicorn to run it).
+# exist yet raises AttributeError like any missing attribute. To come: "postgres": "postgres",
+# "compat": None. `asgi` has no dependencies of its own (`catga[server]` only adds uvicorn to run it).
 _SUBMODULES: dict[str, str | None] = {
     "asgi": None,
     "behaviors": None,
     "health": None,
     "memory": None,
     "observability": None,
+    "redis": "redis",
     "stores": None,
+    "transports": None,
 }
 
 # Classes and functions defined in catga's private modules show up as `catga.X` (anyio does the

@@ -26,6 +26,7 @@ from catga._dead_letters import DeadLetterRecord, DeadLetters
 from catga._errors import CatgaError, DuplicateHandler, HandlerFailed, HandlerNotFound, PublishError
 from catga._hook_runner import run_hooks, run_hooks_sync
 from catga._messages import Event, Message, Request, wire_name
+from catga._remote import Remote, served_types
 from catga._result import _FROM_CACHE, _NO_METADATA, Result
 from catga._result import _make as _make_result
 from catga.behaviors import _hooks
@@ -37,6 +38,7 @@ from catga.behaviors._validation import ValidationPlan, Validator
 from catga.memory._cache import MemoryCacheStore
 from catga.memory._dead_letters import MemoryDeadLetterStore
 from catga.memory._idempotency import MemoryIdempotencyStore
+from catga.transports import Transport
 
 __all__ = ["Mediator"]
 
@@ -128,14 +130,16 @@ class Mediator(Dispatcher):
         *,
         config: Config | None = None,
         publish: PublishStrategy = "sequential",
-        transport: object | None = None,
+        transport: Transport | None = None,
     ) -> None:
         """Build a mediator.
 
         `config`: the built-in behaviours (`Config.default()` when `None`). `publish`:
         `"sequential"` runs event handlers one after another; `"concurrent"` starts them all eagerly
-        and turns only those that suspend into tasks. `transport`: not implemented
-        yet (transports arrive with their issue); anything but `None` raises `NotImplementedError`.
+        and turns only those that suspend into tasks. `transport`: a
+        `catga.transports.Transport` (e.g. `catga.nats.NatsTransport`): requests with no handler
+        here go to the service that has one, events also go to every other service, and `start()`
+        serves this mediator's handlers over it (API.md section 7).
         """
         super().__init__()
         if config is None:
@@ -144,8 +148,6 @@ class Mediator(Dispatcher):
             raise TypeError(f"`config` must be a `catga.Config`, got `{config!r}`")
         if publish not in ("sequential", "concurrent"):
             raise ValueError(f"`publish` must be `sequential` or `concurrent`, got `{publish!r}`")
-        if transport is not None:
-            raise NotImplementedError(f"transports are not implemented yet, got `{transport!r}`")
         self._config: Final = config
         self._publish_strategy: Final = publish
         dead_letter = config.dead_letter
@@ -176,6 +178,8 @@ class Mediator(Dispatcher):
         self._behaviors: list[tuple[Behavior, type | None, bool]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._running = False
+        # Set last: `Remote` reads the mediator's registrations when it starts.
+        self._remote: Final = None if transport is None else Remote(self, transport)
         if publish == "concurrent":
             # An instance attribute shadows the core's sequential `publish`.
             self.publish = self._publish_concurrent  # type: ignore[method-assign]
@@ -446,6 +450,9 @@ class Mediator(Dispatcher):
             behaviors = self._behaviors_for(message_type)
             entries = [entry for registered, entry in self._events if issubclass(message_type, registered)]
             validation = self._validation_plan(message_type, bool(entries))
+            if self._remote is not None and issubclass(message_type, Message):
+                # Last, after the local handlers: the other services get the event too.
+                entries.append(_Handler(self._remote.publish_handler(), True, "catga.transports.publish"))
             keys = _unique_keys(entries)
             handlers = tuple(
                 self._compile_handler(message_type, entry, key, behaviors, validation, is_event=True)[0]
@@ -465,6 +472,14 @@ class Mediator(Dispatcher):
                 if sync_target is not None:
                     self._sync_targets[message_type] = (route, sync_target)
                 return route
+        if self._remote is not None and issubclass(message_type, Request):
+            # No handler here: another service handles it, over the transport.
+            entry = _Handler(self._remote.request_handler(message_type), True, f"remote:{wire_name(message_type)}")
+            validation = self._validation_plan(message_type, True)
+            handler, _ = self._compile_handler(
+                message_type, entry, entry.key, self._behaviors_for(message_type), validation, is_event=False
+            )
+            return (False, (handler,))
         if issubclass(message_type, type):
             # A class was sent instead of an instance. The route is keyed by the metaclass, so the
             # target (which gets the class itself) names it.
@@ -613,6 +628,12 @@ class Mediator(Dispatcher):
         """Send a dead letter's message again (`dead_letters.retry`): a request through `send_result`,
         an event to the one handler that failed (with its hooks and middle chain)."""
         if record.handler is None:
+            if self._route(type(message))[0]:  # an event kept whole (its final delivery failed)
+                try:
+                    await self.publish(message)
+                except CatgaError as exc:
+                    return Result.failure(exc)
+                return Result.success(None)
             return await self.send_result(message)
         message_type = type(message)
         try:
@@ -725,8 +746,26 @@ class Mediator(Dispatcher):
         """Whether `start()` ran and `stop()` has not (the health checks' "mediator started")."""
         return self._running
 
+    @property
+    def transport(self) -> Transport | None:
+        """The transport this mediator sends and serves over, or `None` (in process only)."""
+        return None if self._remote is None else self._remote.transport
+
+    def _served_requests(self) -> list[type]:
+        """The request types this mediator handles itself (what it serves over its transport)."""
+        return served_types(self._requests)
+
+    def _served_events(self) -> list[type]:
+        """The event types this mediator has handlers for (what it subscribes to)."""
+        return served_types(registered for registered, _ in self._events)
+
     async def start(self) -> None:
-        """Start the mediator's transports and background work (none in process: a state flag)."""
+        """Connect the transport (if any) and serve this mediator's handlers over it.
+
+        In process only, a state flag (the health checks' "mediator started").
+        """
+        if self._remote is not None:
+            await self._remote.start()
         self._running = True
 
     async def stop(self, timeout: float | None = 30.0) -> None:
@@ -743,6 +782,8 @@ class Mediator(Dispatcher):
                 task.cancel()
             if late:
                 await asyncio.wait(late)
+        if self._remote is not None:
+            await self._remote.stop()
         self._running = False
 
     async def __aenter__(self) -> Self:
