@@ -1,14 +1,21 @@
 """The contract of the store protocols (`catga.stores`), run against every implementation.
 
-One suite per protocol, parametrised over the backends: today the in-memory stores; the Redis ones
-join by adding a parameter to the factories below (a factory returns the store and an async
-`advance(seconds)` that moves its clock: a fake clock here, a real sleep for a server). The tests
-only use the async protocol methods, so they hold for any backend; memory-only behaviour (the
-native table, eviction counters) is tested at the end.
+One suite per protocol, parametrised over the backends: the in-memory stores and the Redis ones
+(`catga.redis`, on the session's throw-away server: the `redis_url` fixture, which skips the Redis
+cases when redis-server is missing). A backend's fixture makes stores, closes them after the test,
+and has a `unit`: the real seconds that stand for one second of the tests' timeline. A factory
+returns the store (and, for time-based stores, an async `advance(seconds)`): a fake clock in memory
+(`unit` 1: durations cost nothing), a real `asyncio.sleep` for a server (`unit` 0.2: a TTL of
+`1.0 * unit` is 200 ms, short enough to sleep through, long enough for a round trip). The tests
+only use the async protocol methods, so they hold for any backend.
+
+Memory only (a fake clock or the native table is needed): the tests at the end, the stateful model
+of `MemoryIdempotencyStore` (it advances its clock by whole seconds) and the cache dict model.
+`tests/test_redis_stores.py` has the Redis-only tests.
 """
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,48 +51,108 @@ class FakeClock:
 # --------------------------------------------------------------------------------- the backends
 
 
-def memory_idempotency(ttl: float, max_entries: int) -> tuple[IdempotencyStore, Advance]:
+class Env:
+    """What a factory may need: the test's request (for server fixtures) and the stores to close."""
+
+    def __init__(self, request: pytest.FixtureRequest) -> None:
+        self.request = request
+        self.opened: list[Any] = []
+
+    def redis_url(self) -> str:
+        url: str = self.request.getfixturevalue("redis_url")
+        return url
+
+    def keep(self, store: Any) -> Any:
+        self.opened.append(store)
+        return store
+
+    async def close(self) -> None:
+        for store in self.opened:
+            await store.aclose()
+
+
+async def sleep(seconds: float) -> None:
+    await asyncio.sleep(seconds)
+
+
+def memory_idempotency(env: Env, ttl: float, max_entries: int) -> tuple[IdempotencyStore, Advance]:
     clock = FakeClock()
     return MemoryIdempotencyStore(max_entries=max_entries, ttl=ttl, clock=clock), clock.advance
 
 
-def memory_cache(max_entries: int) -> tuple[CacheStore, Advance]:
+def memory_cache(env: Env, max_entries: int) -> tuple[CacheStore, Advance]:
     clock = FakeClock()
     return MemoryCacheStore(max_entries=max_entries, clock=clock), clock.advance
 
 
-def memory_dead_letters(max_size: int) -> DeadLetterStore:
+def memory_dead_letters(env: Env, max_size: int) -> DeadLetterStore:
     return MemoryDeadLetterStore(max_size=max_size)
 
 
-IDEMPOTENCY_BACKENDS = [pytest.param(memory_idempotency, id="memory")]
-CACHE_BACKENDS = [pytest.param(memory_cache, id="memory")]
-DEAD_LETTER_BACKENDS = [pytest.param(memory_dead_letters, id="memory")]
+def redis_idempotency(env: Env, ttl: float, max_entries: int) -> tuple[IdempotencyStore, Advance]:
+    from catga.redis import RedisIdempotencyStore
+
+    # `max_entries` is the memory store's bound; Redis keeps what its memory policy allows.
+    return env.keep(RedisIdempotencyStore(env.redis_url(), ttl=ttl)), sleep
+
+
+def redis_cache(env: Env, max_entries: int) -> tuple[CacheStore, Advance]:
+    from catga.redis import RedisCacheStore
+
+    return env.keep(RedisCacheStore(env.redis_url())), sleep
+
+
+def redis_dead_letters(env: Env, max_size: int) -> DeadLetterStore:
+    from catga.redis import RedisDeadLetterStore
+
+    return env.keep(RedisDeadLetterStore(env.redis_url(), max_size=max_size))  # type: ignore[no-any-return]
+
+
+REDIS_UNIT = 0.2
+
+IDEMPOTENCY_BACKENDS = [
+    pytest.param((memory_idempotency, 1.0), id="memory"),
+    pytest.param((redis_idempotency, REDIS_UNIT), id="redis"),
+]
+CACHE_BACKENDS = [pytest.param((memory_cache, 1.0), id="memory"), pytest.param((redis_cache, REDIS_UNIT), id="redis")]
+DEAD_LETTER_BACKENDS = [
+    pytest.param((memory_dead_letters, 1.0), id="memory"),
+    pytest.param((redis_dead_letters, REDIS_UNIT), id="redis"),
+]
+
+
+class Backend:
+    """`backend(*settings)` makes a store with the backend's factory; `unit` is its time unit (see
+    the module doc). The stores it made are closed after the test."""
+
+    def __init__(self, request: pytest.FixtureRequest, **defaults: Any) -> None:
+        self.factory, self.unit = request.param
+        self.env = Env(request)
+        self.defaults = defaults
+
+    def __call__(self, *args: Any, **settings: Any) -> Any:
+        return self.factory(self.env, *args, **(self.defaults | settings))
 
 
 @pytest.fixture(params=IDEMPOTENCY_BACKENDS)
-def idempotency(request: pytest.FixtureRequest) -> Callable[..., tuple[IdempotencyStore, Advance]]:
-    factory = request.param
-
-    def make(ttl: float = 60.0, max_entries: int = 1000) -> tuple[IdempotencyStore, Advance]:
-        return factory(ttl, max_entries)  # type: ignore[no-any-return]
-
-    return make
+async def idempotency(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    backend = Backend(request, ttl=60.0, max_entries=1000)
+    yield backend
+    await backend.env.close()
 
 
 @pytest.fixture(params=CACHE_BACKENDS)
-def cache(request: pytest.FixtureRequest) -> Callable[..., tuple[CacheStore, Advance]]:
-    factory = request.param
-
-    def make(max_entries: int = 1000) -> tuple[CacheStore, Advance]:
-        return factory(max_entries)  # type: ignore[no-any-return]
-
-    return make
+async def cache(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    backend = Backend(request, max_entries=1000)
+    yield backend
+    await backend.env.close()
 
 
 @pytest.fixture(params=DEAD_LETTER_BACKENDS)
-def dead_letters(request: pytest.FixtureRequest) -> Callable[..., DeadLetterStore]:
-    return request.param  # type: ignore[no-any-return]
+async def dead_letters(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    backend = Backend(request)
+    yield backend
+    await backend.env.close()
 
 
 # ----------------------------------------------------------------------------- IdempotencyStore
@@ -159,23 +226,25 @@ async def test_keys_are_per_handler(idempotency: Any) -> None:
 
 
 async def test_results_expire_after_the_ttl(idempotency: Any) -> None:
-    store, advance = idempotency(ttl=1.0)
+    unit = idempotency.unit
+    store, advance = idempotency(ttl=1.0 * unit)
     key = (catga.new_id(), REQUEST)
     await store.claim(key)
     await store.complete(key, "done")
-    await advance(0.5)
+    await advance(0.5 * unit)
     assert (await store.claim(key)).status is COMPLETED
-    await advance(0.6)
+    await advance(0.6 * unit)
     assert await store.claim(key) == (CLAIMED, None)
 
 
 async def test_a_claim_is_a_lease_that_expires(idempotency: Any) -> None:
-    store, advance = idempotency(ttl=1.0)
+    unit = idempotency.unit
+    store, advance = idempotency(ttl=1.0 * unit)
     key = (catga.new_id(), REQUEST)
     await store.claim(key)  # its holder never completes nor releases it
-    await advance(0.5)
+    await advance(0.5 * unit)
     assert (await store.claim(key)).status is IN_FLIGHT
-    await advance(0.6)
+    await advance(0.6 * unit)
     assert (await store.claim(key)).status is CLAIMED
 
 
@@ -215,15 +284,16 @@ async def test_cache_keeps_none(cache: Any) -> None:
 
 
 async def test_cache_entries_expire_each_after_its_own_ttl(cache: Any) -> None:
+    unit = cache.unit
     store, advance = cache()
-    await store.put(GROUP, b"short", 1, 1.0)
-    await store.put(GROUP, b"long", 2, 10.0)
-    await advance(0.5)
+    await store.put(GROUP, b"short", 1, 1.0 * unit)
+    await store.put(GROUP, b"long", 2, 3.0 * unit)
+    await advance(0.5 * unit)
     assert await store.get(GROUP, b"short") == (True, 1)
-    await advance(1.0)
+    await advance(1.0 * unit)
     assert await store.get(GROUP, b"short") == (False, None)
     assert await store.get(GROUP, b"long") == (True, 2)
-    await advance(9.0)
+    await advance(2.0 * unit)
     assert await store.get(GROUP, b"long") == (False, None)
 
 

@@ -36,6 +36,7 @@ from catga._permits import Permits
 from catga.behaviors._builtins import BuiltinBehavior, Cache, CircuitBreaker, ConcurrencyLimit, Idempotency, RateLimit
 from catga.behaviors._observe import observation_hooks
 from catga.behaviors._store_layers import (
+    AsyncRateLimitLayer,
     BreakerLayer,
     CacheLayer,
     ConcurrencyLayer,
@@ -439,6 +440,15 @@ def _plan_idempotency(plan: "_Planner", idempotency: Idempotency, handler_name: 
 
 
 def _plan_rate_limit(plan: "_Planner", rate_limit: RateLimit, message_type: type) -> None:
+    # A rate limit whose bucket is remote (`catga.redis.RedisRateLimit`) names it through
+    # `remote_bucket`; its `try_acquire` is async, so it can only run as a Python layer.
+    remote_bucket = getattr(rate_limit, "remote_bucket", None)
+    if remote_bucket is not None:
+        layer = AsyncRateLimitLayer(
+            remote_bucket(message_type), rate_limit.wait, rate_limit.max_wait, plan.errors, plan.metrics
+        )
+        plan.layer(layer)
+        return
     bucket = _state(rate_limit, _RateLimitState).bucket_for(message_type)
     if not plan.hook("rate_limit", (bucket, rate_limit.wait, rate_limit.max_wait)):
         plan.layer(RateLimitLayer(bucket, rate_limit.wait, rate_limit.max_wait, plan.errors, plan.metrics))

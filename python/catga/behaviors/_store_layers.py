@@ -27,6 +27,7 @@ from catga._core import (
 from catga.stores._protocols import CacheStore, ClaimStatus, IdempotencyStore
 
 __all__ = [
+    "AsyncRateLimitLayer",
     "BreakerLayer",
     "CacheLayer",
     "ConcurrencyLayer",
@@ -180,6 +181,27 @@ class RateLimitLayer:
 
     def __repr__(self) -> str:
         return f"RateLimitLayer(wait={self.wait!r}, max_wait={self.max_wait!r})"
+
+
+class AsyncRateLimitLayer(RateLimitLayer):
+    """Step 2 over an async bucket (`await bucket.try_acquire(1)`), e.g. `catga.redis.RedisRateLimit`'s
+    shared one. A class of its own so the synchronous layer keeps its await-free path."""
+
+    __slots__ = ()
+
+    async def __call__(self, message: Any, call_next: CallNext) -> Any:
+        while True:
+            due: float = await self.bucket.try_acquire(1)
+            if due == 0.0:
+                break
+            if not self.wait or (self.max_wait is not None and due > self.max_wait):
+                _count(self.metrics, COUNTER_RATE_LIMIT_REJECTED)
+                raise self.errors.rate_limited(due)
+            await asyncio.sleep(due)
+        return await call_next(message)
+
+    def __repr__(self) -> str:
+        return f"AsyncRateLimitLayer({self.bucket!r}, wait={self.wait!r}, max_wait={self.max_wait!r})"
 
 
 class ConcurrencyLayer:

@@ -1,0 +1,38 @@
+"""Redis stores (API.md section 8): the built-in behaviours' state, shared by a whole cluster.
+
+`RedisIdempotencyStore`, `RedisCacheStore` and `RedisDeadLetterStore` implement the protocols of
+`catga.stores` (and pass the same contract tests as `catga.memory`'s); `RedisRateLimit` is the
+cluster-wide token bucket, usable wherever `catga.behaviors.RateLimit` is. Each takes a `redis://`
+URL (the object then owns its client: `await x.aclose()`) or a `redis.asyncio.Redis` you own and
+close. They use redis-py's asyncio client (with hiredis when installed): `pip install catga[redis]`.
+
+>>> import catga
+>>> from catga.behaviors import Cache, DeadLetter, Idempotency
+>>> url = "redis://127.0.0.1:6379/0"
+>>> config = catga.Config.default().with_(
+...     idempotency=Idempotency(store=RedisIdempotencyStore(url)),
+...     cache=Cache(store=RedisCacheStore(url)),
+...     dead_letter=DeadLetter(store=RedisDeadLetterStore(url)),
+...     rate_limit=RedisRateLimit(url, rate=500.0, burst=100.0),
+... )
+
+Stores that are not in memory run as Python layers of the pipeline (one Redis round trip each per
+message) instead of the core's native hooks. Server errors raise `catga.PersistenceError` naming
+the server (never its password); values that cannot be encoded raise `catga.SerializationError`.
+"""
+
+try:
+    import redis.asyncio  # noqa: F401  # checked here so the error names the extra to install
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
+    raise ImportError("`catga.redis` needs the `redis` extra: pip install catga[redis]") from exc
+
+from catga.redis._cache import RedisCacheStore
+from catga.redis._dead_letters import RedisDeadLetterStore
+from catga.redis._idempotency import RedisIdempotencyStore
+from catga.redis._rate_limit import RedisRateLimit
+
+__all__ = ["RedisCacheStore", "RedisDeadLetterStore", "RedisIdempotencyStore", "RedisRateLimit"]
+
+for _cls in (RedisCacheStore, RedisDeadLetterStore, RedisIdempotencyStore, RedisRateLimit):
+    _cls.__module__ = __name__
+del _cls
