@@ -26,10 +26,14 @@ SCENARIOS = (
     "tracing-off",
     "logging-off",
     "metrics",
+    "nats-request",
+    "nats-publish-core",
+    "nats-publish-jetstream",
+    "redis-claim-complete",
 )
 # Scenarios timed without an event loop (their empty batch is a plain `for`).
 SYNC_SCENARIOS = frozenset({"new_id", "try_acquire", "store-8-threads"})
-CASES = ("floor", "dict", "catga-pure", "catga-rust")
+CASES = ("floor", "dict", "catga-pure", "catga-rust", "faststream")
 FLOOR_TEXT = {
     "send": "`await handler(req)`",
     "send-3-behaviours": "the same 3 behaviours + handler composed once, awaited directly",
@@ -42,6 +46,10 @@ FLOOR_TEXT = {
     "tracing-off": "the same hooked send without Tracing",
     "logging-off": "the same hooked send without Logging",
     "metrics": "the same hooked send without Metrics",
+    "nats-request": "raw nats-py request/reply (responder on its own connection)",
+    "nats-publish-core": "raw `nc.publish`",
+    "nats-publish-jetstream": "raw `js.publish`",
+    "redis-claim-complete": "one raw `SET NX PX` round trip",
 }
 
 
@@ -79,6 +87,8 @@ TARGETS: dict[tuple[str, str], Target] = {
     # Issue 4: what each observing built-in adds when nothing consumes it.
     ("tracing-off", "catga-rust"): Target("< 30 ns over the floor", lambda m: m.net() - m.net("floor") < 30.0),
     ("logging-off", "catga-rust"): Target("< 20 ns over the floor", lambda m: m.net() - m.net("floor") < 20.0),
+    # Issue 5 / ARCHITECTURE.md: a command over NATS.
+    ("nats-request", "catga-rust"): Target("<= 1.25 x floor", lambda m: m.net() <= 1.25 * m.net("floor")),
 }
 
 RESULTS: list[Measurement] = []
@@ -92,7 +102,7 @@ def write_summary(terminalreporter: pytest.TerminalReporter) -> None:
     write = terminalreporter.write_line
     terminalreporter.section("catga: median ns per operation, against the floor measured alongside")
     header = (
-        f"{'scenario':<18} {'case':<11} {'ns/op':>7} {'floor':>7} {'x floor':>7} {'overhead':>9}  {'target':<30} result"
+        f"{'scenario':<23} {'case':<11} {'ns/op':>7} {'floor':>7} {'x floor':>7} {'overhead':>9}  {'target':<30} result"
     )
     write(header)
     write("-" * len(header))
@@ -107,7 +117,7 @@ def write_summary(terminalreporter: pytest.TerminalReporter) -> None:
             target = TARGETS.get((scenario, case))
             verdict = "" if target is None else "met" if target.met(m) else "MISSED"
             write(
-                f"{scenario:<18} {case:<11} {ns:>7.1f} {floor:>7.1f} {ns / floor:>7.2f} {ns - floor:>+9.1f}  "
+                f"{scenario:<23} {case:<11} {ns:>7.1f} {floor:>7.1f} {ns / floor:>7.2f} {ns - floor:>+9.1f}  "
                 f"{target.text if target else '':<30} {verdict}"
             )
         pure, rust = by_key.get((scenario, "catga-pure")), by_key.get((scenario, "catga-rust"))
@@ -115,7 +125,7 @@ def write_summary(terminalreporter: pytest.TerminalReporter) -> None:
             pure_overhead = pure.net() - pure.net("floor")
             rust_overhead = rust.net() - rust.net("floor")
             if rust_overhead > 0:
-                write(f"{'':<18} catga-rust adds {pure_overhead / rust_overhead:.1f} x less than catga-pure")
+                write(f"{'':<23} catga-rust adds {pure_overhead / rust_overhead:.1f} x less than catga-pure")
         write("")
     loops = [m.references["loop"] for m in RESULTS]
     write(f"ns/op and floor are net of the empty batch's own cost ({min(loops):.1f}-{max(loops):.1f} ns/op).")

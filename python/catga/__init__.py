@@ -111,6 +111,7 @@ _SUBMODULES: dict[str, str | None] = {
     "behaviors": None,
     "health": None,
     "memory": None,
+    "nats": "nats",
     "observability": None,
     "redis": "redis",
     "stores": None,

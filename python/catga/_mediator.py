@@ -179,7 +179,7 @@ class Mediator(Dispatcher):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._running = False
         # Set last: `Remote` reads the mediator's registrations when it starts.
-        self._remote: Final = None if transport is None else Remote(self, transport)
+        self._remote = None if transport is None else Remote(self, transport)
         if publish == "concurrent":
             # An instance attribute shadows the core's sequential `publish`.
             self.publish = self._publish_concurrent  # type: ignore[method-assign]
@@ -452,7 +452,9 @@ class Mediator(Dispatcher):
             validation = self._validation_plan(message_type, bool(entries))
             if self._remote is not None and issubclass(message_type, Message):
                 # Last, after the local handlers: the other services get the event too.
-                entries.append(_Handler(self._remote.publish_handler(), True, "catga.transports.publish"))
+                # Keyed by the type (idempotency, breaker): ids are unique per type, not across types.
+                key = f"catga.transports.publish:{wire_name(message_type)}"
+                entries.append(_Handler(self._remote.publish_handler(), True, key))
             keys = _unique_keys(entries)
             handlers = tuple(
                 self._compile_handler(message_type, entry, key, behaviors, validation, is_event=True)[0]
@@ -750,6 +752,15 @@ class Mediator(Dispatcher):
     def transport(self) -> Transport | None:
         """The transport this mediator sends and serves over, or `None` (in process only)."""
         return None if self._remote is None else self._remote.transport
+
+    def _attach_transport(self, transport: Transport) -> None:
+        """Give a mediator built without a transport one (what `catga worker --nats` does)."""
+        if self._remote is not None:
+            raise ValueError(f"the mediator already has the transport `{self._remote.transport!r}`")
+        if self._running:
+            raise RuntimeError("attach a transport before `start()`")
+        self._remote = Remote(self, transport)
+        self._invalidate()  # routes compiled without it would not reach the other services
 
     def _served_requests(self) -> list[type]:
         """The request types this mediator handles itself (what it serves over its transport)."""

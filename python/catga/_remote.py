@@ -31,7 +31,16 @@ import msgspec
 from catga._dead_letters import REDELIVERY, Redelivery, make_record
 from catga._errors import PublishError, SerializationError
 from catga._messages import Command, Message, Query, Request, wire_name
-from catga.transports import Envelope, EnvelopeCodec, Subscription, Transport, event_subject, request_subject
+from catga.transports import (
+    DELIVERY_HEADER,
+    FINAL_DELIVERY_HEADER,
+    Envelope,
+    EnvelopeCodec,
+    Subscription,
+    Transport,
+    event_subject,
+    request_subject,
+)
 
 if TYPE_CHECKING:
     from catga._mediator import Mediator
@@ -40,10 +49,6 @@ __all__ = ["DELIVERY_HEADER", "FINAL_DELIVERY_HEADER", "ORIGIN_HEADER", "RECEIVE
 
 ORIGIN_HEADER: Final = "catga-origin"
 """The service (or, without one, the mediator instance) that published an event."""
-DELIVERY_HEADER: Final = "catga-delivery"
-"""Set by a transport on delivery: the 1-based count of deliveries of this envelope."""
-FINAL_DELIVERY_HEADER: Final = "catga-final-delivery"
-"""Set by a transport to `"1"` when no redelivery follows a failure of this delivery."""
 
 RECEIVED: Final[ContextVar[object | None]] = ContextVar("catga_received", default=None)
 """The event being published because it arrived over the transport: not published out again."""

@@ -22,6 +22,8 @@ from catga.transports._base import (
 from catga.transports._envelope import (
     CONTENT_TYPE_HEADER,
     CORRELATION_ID_HEADER,
+    DELIVERY_HEADER,
+    FINAL_DELIVERY_HEADER,
     MESSAGE_ID_HEADER,
     REPLY_HEADER,
     TYPE_HEADER,
@@ -34,7 +36,9 @@ from catga.transports._inprocess import InProcessTransport
 __all__ = [
     "CONTENT_TYPE_HEADER",
     "CORRELATION_ID_HEADER",
+    "DELIVERY_HEADER",
     "EVENT_PREFIX",
+    "FINAL_DELIVERY_HEADER",
     "MESSAGE_ID_HEADER",
     "REPLY_HEADER",
     "REQUEST_PREFIX",

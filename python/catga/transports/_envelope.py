@@ -59,6 +59,10 @@ CORRELATION_ID_HEADER: Final = "catga-correlation-id"
 TYPE_HEADER: Final = "catga-type"
 CONTENT_TYPE_HEADER: Final = "content-type"
 REPLY_HEADER: Final = "catga-reply"
+DELIVERY_HEADER: Final = "catga-delivery"
+"""The 1-based delivery count of an envelope, added by the transport before the handler runs."""
+FINAL_DELIVERY_HEADER: Final = "catga-final-delivery"
+"""`"1"` when the transport will not deliver this envelope again (its handler dead-letters it if it fails)."""
 """On a reply: `ok` (the body is the value) or `error` (the body is the error's fields)."""
 
 Serializer: TypeAlias = Literal["msgpack", "json"]

@@ -12,7 +12,7 @@ from typing import Final
 
 from catga._errors import Timeout, TransportError
 from catga.transports._base import EnvelopeHandler, Subscription, Transport
-from catga.transports._envelope import Envelope
+from catga.transports._envelope import DELIVERY_HEADER, FINAL_DELIVERY_HEADER, Envelope
 
 __all__ = ["InProcessTransport"]
 
@@ -165,7 +165,8 @@ class InProcessTransport(Transport):
     def _deliver(
         self, subscription: _InProcessSubscription, envelope: Envelope, *, reraise: bool
     ) -> "asyncio.Task[Envelope | None]":
-        copy = Envelope(dict(envelope.headers), envelope.body)
+        # Delivered once and never again: every delivery is the final one (what a core NATS one is).
+        copy = Envelope({**envelope.headers, DELIVERY_HEADER: "1", FINAL_DELIVERY_HEADER: "1"}, envelope.body)
         task = asyncio.get_running_loop().create_task(self._run(subscription, copy, reraise))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
