@@ -170,26 +170,11 @@ def catga_pair(loop: asyncio.AbstractEventLoop, servers: tuple[Server, Server]) 
     loop.run_until_complete(server.stop())
 
 
-@pytest.mark.parametrize("case", ["catga-rust", "faststream"])
-def test_nats_request(
-    benchmark: Any, record: Any, loop: Any, raw_nats: RawNats, catga_pair: tuple[Any, Any], case: str, servers: Any
-) -> None:
-    floor = _batch(loop, raw_nats.request)
-    if case == "faststream":
-        op = _faststream_request(loop, servers[0].url)
-    else:
-        send, message = catga_pair[1].send, Ping(1)
-        assert loop.run_until_complete(send(message)) == 1
-
-        async def op() -> Any:
-            return await send(message)
-
-    measure_remote(benchmark, record, "nats-request", case, _batch(loop, op), floor)
-
-
-def _faststream_request(loop: asyncio.AbstractEventLoop, url: str) -> Op:
+@pytest.fixture(scope="module")
+def faststream_request(loop: asyncio.AbstractEventLoop, servers: tuple[Server, Server]) -> Iterator[Op]:
+    """FastStream's NATS request to its own subscriber: what a user would write instead."""
     faststream_nats = pytest.importorskip("faststream.nats", reason="FastStream is not installed")
-    broker = faststream_nats.NatsBroker(url, logger=None)
+    broker = faststream_nats.NatsBroker(servers[0].url, logger=None)
 
     @broker.subscriber("bench.faststream.ping")
     async def ping(body: dict[str, int]) -> dict[str, int]:
@@ -201,7 +186,26 @@ def _faststream_request(loop: asyncio.AbstractEventLoop, url: str) -> Op:
         response = await broker.request({"value": 1}, "bench.faststream.ping", timeout=5)
         return await response.decode()
 
-    return op
+    yield op
+    stop = getattr(broker, "stop", None) or broker.close
+    loop.run_until_complete(stop())
+
+
+@pytest.mark.parametrize("case", ["catga-rust", "faststream"])
+def test_nats_request(
+    benchmark: Any, record: Any, loop: Any, raw_nats: RawNats, catga_pair: tuple[Any, Any], case: str, request: Any
+) -> None:
+    floor = _batch(loop, raw_nats.request)
+    if case == "faststream":
+        op: Op = request.getfixturevalue("faststream_request")
+    else:
+        send, message = catga_pair[1].send, Ping(1)
+        assert loop.run_until_complete(send(message)) == 1
+
+        async def op() -> Any:
+            return await send(message)
+
+    measure_remote(benchmark, record, "nats-request", case, _batch(loop, op), floor)
 
 
 @pytest.mark.parametrize("events", ["core", "jetstream"])

@@ -79,12 +79,17 @@ _EAGER_TASKS: Final = sys.version_info >= (3, 12)
 class _Handler:
     """One registered handler: how to call it, and what to call it in messages and keys."""
 
-    __slots__ = ("call", "is_async", "key", "name")
+    __slots__ = ("call", "is_async", "key", "name", "remote")
 
-    def __init__(self, call: _Target, is_async: bool, name: str, key: str | None = None) -> None:
+    def __init__(
+        self, call: _Target, is_async: bool, name: str, key: str | None = None, *, remote: bool = False
+    ) -> None:
         self.call = call  # call(message) -> result, or an awaitable of it when is_async
         self.is_async = is_async
         self.name = name
+        # Sends over the transport: the service that handles the message keeps its idempotency
+        # entry (a second claim here, in a store both share, would make the handler's a conflict).
+        self.remote = remote
         # `module.QualName`: keys an event handler's idempotency entries and breaker, so it must be
         # the same in every process.
         self.key = key if key is not None else name
@@ -454,7 +459,7 @@ class Mediator(Dispatcher):
                 # Last, after the local handlers: the other services get the event too.
                 # Keyed by the type (idempotency, breaker): ids are unique per type, not across types.
                 key = f"catga.transports.publish:{wire_name(message_type)}"
-                entries.append(_Handler(self._remote.publish_handler(), True, key))
+                entries.append(_Handler(self._remote.publish_handler(), True, key, remote=True))
             keys = _unique_keys(entries)
             handlers = tuple(
                 self._compile_handler(message_type, entry, key, behaviors, validation, is_event=True)[0]
@@ -476,7 +481,8 @@ class Mediator(Dispatcher):
                 return route
         if self._remote is not None and issubclass(message_type, Request):
             # No handler here: another service handles it, over the transport.
-            entry = _Handler(self._remote.request_handler(message_type), True, f"remote:{wire_name(message_type)}")
+            remote_send = self._remote.request_handler(message_type)
+            entry = _Handler(remote_send, True, f"remote:{wire_name(message_type)}", remote=True)
             validation = self._validation_plan(message_type, True)
             handler, _ = self._compile_handler(
                 message_type, entry, entry.key, self._behaviors_for(message_type), validation, is_event=False
@@ -509,7 +515,11 @@ class Mediator(Dispatcher):
         from the entry's (`None`: the same, or none at all)."""
         config = self._config
         plan: BuiltinPlan = plan_builtins(
-            config, message_type, key, is_event=is_event, has_message_id=issubclass(message_type, Message)
+            config,
+            message_type,
+            key,
+            is_event=is_event,
+            has_message_id=issubclass(message_type, Message) and not entry.remote,
         )
         if plan.cache is not None:  # a remote cache store: between Timeout and the user behaviours
             behaviors = [(plan.cache, True), *behaviors]

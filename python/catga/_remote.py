@@ -172,7 +172,7 @@ class Remote:
                 raise  # the transport redelivers it
             if self.mediator._dead_letter_store is None:
                 await self._dead_letter(event, exc, envelope)
-            _logger.error("event `%s` failed on its final delivery: %s", wire_name(type(event)), exc)
+            _logger.error("event `%s` failed on its final delivery: %s", wire_name(type(event)), exc, exc_info=exc)
         finally:
             if redelivery is not None:
                 REDELIVERY.reset(redelivery)

@@ -40,13 +40,30 @@ def add_parser(commands: Subparsers) -> None:
     worker.add_argument(
         "--events", choices=("core", "jetstream"), default="core", help="event delivery (default: core)"
     )
+    worker.add_argument(
+        "--ack-wait",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="JetStream: redeliver an event not acknowledged within this time, e.g. its instance died (default 30)",
+    )
     worker.add_argument("--redis", metavar="URL", help="Redis for the application's stores (sets CATGA_REDIS_URL)")
     worker.add_argument("--health-port", type=int, metavar="N", help="serve /health and /metrics on this port")
     worker.add_argument("--host", default="127.0.0.1", help="the health server's address (default: 127.0.0.1)")
+    worker.add_argument(
+        "--log-level", default="WARNING", help="log records at this level and above to stderr (default: WARNING)"
+    )
+    worker.add_argument("--json-logs", action="store_true", help="log JSON lines with correlation ids")
     worker.set_defaults(run=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    from catga.observability import configure_logging
+
+    try:
+        configure_logging(args.log_level.upper(), json=args.json_logs, stream=sys.stderr)
+    except ValueError as exc:
+        raise CliError(f"`--log-level` must be a logging level, got `{args.log_level}`") from exc
     if args.health_port is not None and not 0 < args.health_port < 65536:
         raise CliError(f"`--health-port` must be a port number (1-65535), got `{args.health_port}`")
     if args.nats:
@@ -91,7 +108,9 @@ def _attach_nats(mediator: Any, args: argparse.Namespace) -> None:
         raise CliError(str(exc)) from exc
     service = args.service or args.app.partition(":")[0].rpartition(".")[2]
     servers = [url.strip() for url in args.nats.split(",") if url.strip()]
-    mediator._attach_transport(NatsTransport(servers, service=service, events=args.events))
+    if not args.ack_wait > 0:
+        raise CliError(f"`--ack-wait` must be positive, got `{args.ack_wait}`")
+    mediator._attach_transport(NatsTransport(servers, service=service, events=args.events, ack_wait=args.ack_wait))
 
 
 async def _serve(mediator: Any, args: argparse.Namespace) -> int:

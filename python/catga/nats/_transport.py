@@ -213,8 +213,8 @@ class _NatsSubscription(Subscription):
         final = delivery >= transport.max_deliver
         headers = dict(msg.headers) if msg.headers else {}
         headers[DELIVERY_HEADER] = str(delivery)
-        if final:
-            headers[FINAL_DELIVERY_HEADER] = "1"
+        # Always set: a handler that finds no header must assume no redelivery follows.
+        headers[FINAL_DELIVERY_HEADER] = "1" if final else "0"
         try:
             await self.handler(Envelope(headers, msg.data))
         except Exception:
