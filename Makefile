@@ -70,6 +70,10 @@ build: $(BUILD_STAMP) ## Build the Rust extension (release) into .venv
 demo: $(BUILD_STAMP) ## Run `catga demo`: a short in-process order example
 	$(VENV)/bin/catga demo
 
+.PHONY: shop
+shop: services $(BUILD_STAMP) ## Run examples/shop over NATS and Redis: 200 orders, one payments instance killed
+	$(PY) -m examples.shop.run --orders 200 --kill-payments
+
 # The servers the tests start themselves (tests/_servers.py: free loopback ports, temp dirs; nothing
 # here starts a service). Each is a Debian package whose binary has the same name. As root (here and
 # in CI) a missing one is installed; otherwise its tests skip, or fail under CATGA_REQUIRE_SERVICES=1.

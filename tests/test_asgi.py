@@ -77,7 +77,7 @@ async def test_health_reports_every_check_as_json(client: httpx.AsyncClient) -> 
     assert response.headers["cache-control"] == "no-store"
     body = response.json()
     assert body["status"] == "healthy"
-    assert list(body["checks"]) == ["mediator", "circuit_breakers", "stores", "event_loop"]
+    assert list(body["checks"]) == ["mediator", "circuit_breakers", "transport", "stores", "event_loop"]
     assert body["checks"]["mediator"]["status"] == "healthy"
     assert body["checks"]["mediator"]["detail"] == "running"
     for check in body["checks"].values():
@@ -89,7 +89,7 @@ async def test_health_reports_every_check_as_json(client: httpx.AsyncClient) -> 
 async def test_ready_and_live_run_their_checks(client: httpx.AsyncClient) -> None:
     ready = await client.get("/health/ready")
     assert ready.status_code == 200
-    assert list(ready.json()["checks"]) == ["mediator", "circuit_breakers", "stores", "event_loop"]
+    assert list(ready.json()["checks"]) == ["mediator", "circuit_breakers", "transport", "stores", "event_loop"]
     live = await client.get("/health/live")
     assert live.status_code == 200
     assert list(live.json()["checks"]) == ["event_loop"]

@@ -179,7 +179,7 @@ def test_registration_errors_name_the_offending_value() -> None:
 
 def test_built_in_names_are_taken() -> None:
     registry = HealthRegistry(catga.Mediator())
-    assert registry.names == ("mediator", "circuit_breakers", "stores", "event_loop")
+    assert registry.names == ("mediator", "circuit_breakers", "transport", "stores", "event_loop")
     with pytest.raises(ValueError, match="`mediator`"):
         registry.add_check("mediator", lambda: True)
     registry.remove_check("event_loop")
@@ -609,6 +609,22 @@ async def test_a_badly_blocked_event_loop_is_unhealthy() -> None:
 
 def test_repr_and_properties() -> None:
     registry = HealthRegistry(catga.Mediator())
-    assert repr(registry) == "<HealthRegistry: 4 checks, check_timeout=0.5>"
+    assert repr(registry) == "<HealthRegistry: 5 checks, check_timeout=0.5>"
     assert registry.check_timeout == 0.5
     assert registry.mediator is not None
+
+
+async def test_the_transport_check_follows_the_connection() -> None:
+    from catga.transports import InProcessTransport
+
+    transport = InProcessTransport()
+    mediator = catga.Mediator(transport=transport)
+    registry = HealthRegistry(mediator)
+    report = await registry.ready()
+    assert report.checks["transport"].status == HealthStatus.UNHEALTHY
+    assert report.checks["transport"].detail == "InProcessTransport not connected"
+    async with mediator:
+        report = await registry.ready()
+        assert report.checks["transport"].status == HealthStatus.HEALTHY
+    in_process = await HealthRegistry(catga.Mediator()).ready()
+    assert in_process.checks["transport"].detail == "no transport (in process)"

@@ -457,7 +457,8 @@ class Mediator(Dispatcher):
             validation = self._validation_plan(message_type, bool(entries))
             if self._remote is not None and issubclass(message_type, Message):
                 # Last, after the local handlers: the other services get the event too.
-                # Keyed by the type (idempotency, breaker): ids are unique per type, not across types.
+                # Keyed by the type (idempotency, breaker): a derived event may reuse the id of the
+                # message that caused it (examples/shop), so an id alone does not name one message.
                 key = f"catga.transports.publish:{wire_name(message_type)}"
                 entries.append(_Handler(self._remote.publish_handler(), True, key, remote=True))
             keys = _unique_keys(entries)

@@ -19,10 +19,11 @@ on. An event whose handlers fail is raised back to the transport, which redelive
 until its final delivery (header `catga-final-delivery`), when it becomes a dead letter.
 """
 
+import contextlib
 import logging
 import secrets
 import typing
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final
 
@@ -144,7 +145,8 @@ class Remote:
             await self._reject(envelope, exc)
             return self.codec.encode_reply(error=exc)
         try:
-            value = await self.mediator.send(message)
+            with _remote_parent(envelope.headers):
+                value = await self.mediator.send(message)
         except Exception as exc:
             return self.codec.encode_reply(error=exc)
         try:
@@ -166,7 +168,8 @@ class Remote:
         # behaviour is told instead of recording (as for `dead_letters.retry`).
         redelivery = None if final else REDELIVERY.set(Redelivery(event))
         try:
-            await self.mediator.publish(event)
+            with _remote_parent(envelope.headers):
+                await self.mediator.publish(event)
         except PublishError as exc:
             if not final:
                 raise  # the transport redelivers it
@@ -196,6 +199,24 @@ class Remote:
             await self.mediator.dead_letters.store.add(record)
         except Exception:
             _logger.warning("could not record a dead letter of `%s`", record.message_type, exc_info=True)
+
+
+@contextlib.contextmanager
+def _remote_parent(headers: dict[str, str]) -> Iterator[None]:
+    """The sender's span (W3C `traceparent`) as the parent of what this process does for the
+    message: one trace across the services."""
+    if "traceparent" not in headers:
+        yield
+        return
+    from opentelemetry import context as otel_context
+
+    from catga.observability import extract
+
+    token = otel_context.attach(extract(headers))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 def served_types(message_types: typing.Iterable[type]) -> list[type]:

@@ -1,8 +1,5 @@
-"""The checks a `HealthRegistry` gets with a mediator: `mediator`, `circuit_breakers`, `stores`,
-`event_loop`. Each factory returns an async check, `() -> (HealthStatus, detail)`.
-
-A transport check comes with the transports (a later issue); there is deliberately no stand-in
-that always says healthy.
+"""The checks a `HealthRegistry` gets with a mediator: `mediator`, `circuit_breakers`, `transport`,
+`stores`, `event_loop`. Each factory returns an async check, `() -> (HealthStatus, detail)`.
 """
 
 import asyncio
@@ -90,6 +87,21 @@ def _configured_stores(mediator: "Mediator") -> list[tuple[str, object]]:
             seen.add(id(store))
             stores.append((role, store))
     return stores
+
+
+def transport_check(mediator: "Mediator") -> BuiltinCheck:
+    """Unhealthy when the mediator's transport is not connected (down, reconnecting, or not started);
+    healthy, saying so, when it has none (in process only)."""
+
+    async def transport() -> Outcome:
+        current = mediator.transport
+        if current is None:
+            return HealthStatus.HEALTHY, "no transport (in process)"
+        if current.connected:
+            return HealthStatus.HEALTHY, f"{type(current).__name__} connected"
+        return HealthStatus.UNHEALTHY, f"{type(current).__name__} not connected"
+
+    return transport
 
 
 def stores_check(mediator: "Mediator", *, ping_timeout: float) -> BuiltinCheck:

@@ -43,10 +43,10 @@ class HealthRegistry:
     longer than `check_timeout` is reported unhealthy when it returns.
 
     With a `mediator`, the built-in checks are registered: `mediator` (started), `circuit_breakers`
-    (none open), `stores` (the configured stores answer `ping()`), all for readiness, and
-    `event_loop` (its lag against `loop_lag_degraded`/`loop_lag_unhealthy` seconds), for liveness
-    and readiness. Transports bring their own check when they arrive (a later issue); until then,
-    and for anything else (a database, a downstream API), `add_check` is the extension point.
+    (none open), `transport` (connected, when the mediator has one), `stores` (the configured stores
+    answer `ping()`), all for readiness, and `event_loop` (its lag against
+    `loop_lag_degraded`/`loop_lag_unhealthy` seconds), for liveness and readiness. For anything else
+    (a database, a downstream API), `add_check` is the extension point.
 
     >>> import asyncio, catga
     >>> mediator = catga.Mediator()
@@ -81,6 +81,7 @@ class HealthRegistry:
         if mediator is not None:
             self.add_check("mediator", _builtins.mediator_check(mediator))
             self.add_check("circuit_breakers", _builtins.breakers_check(mediator))
+            self.add_check("transport", _builtins.transport_check(mediator))
             # The pings get most of the check's time, so that a slow store is named in the detail
             # instead of the whole check timing out anonymously.
             self.add_check("stores", _builtins.stores_check(mediator, ping_timeout=self._check_timeout * 0.8))

@@ -71,6 +71,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.redis:
         os.environ["CATGA_REDIS_URL"] = args.redis
     mediator = load_mediator(args.app)
+    if args.nats and mediator.transport is not None:
+        raise CliError(f"`{args.app}` already has the transport `{mediator.transport!r}`: drop `--nats`")
     if args.nats:
         _attach_nats(mediator, args)
     elif mediator.transport is None:

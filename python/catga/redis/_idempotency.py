@@ -20,7 +20,7 @@ class RedisIdempotencyStore(RedisStore):
     `url_or_client` is a `redis://` URL (the store owns the client it makes; close it with
     `aclose()`) or a `redis.asyncio.Redis` (yours: the store never closes it). Entries live under
     `prefix` (`catga:idem:<message_id>:<handler_key>`). A result expires `ttl` seconds after it was
-    stored; a claim after `claim_ttl` seconds (default: `ttl`), the lease of the handler that holds
+    stored; a claim after `claim_ttl` seconds (default: `ttl`, at most 300), the lease of the handler that holds
     it: a holder that died mid-handler blocks its message that long, then a redelivery may claim it
     again (set `claim_ttl` above the longest handler run, below the transport's redelivery span).
 
@@ -54,7 +54,8 @@ class RedisIdempotencyStore(RedisStore):
         prefix: str = "catga:idem:",
     ) -> None:
         self._ttl = positive_seconds("ttl", ttl)
-        claim_seconds = self._ttl if claim_ttl is None else positive_seconds("claim_ttl", claim_ttl)
+        # A claim is a lease: a holder that died must not block its message for a day.
+        claim_seconds = min(self._ttl, 300.0) if claim_ttl is None else positive_seconds("claim_ttl", claim_ttl)
         if not isinstance(prefix, str):
             raise TypeError(f"`prefix` must be a str, got `{prefix!r}`")
         super().__init__(url_or_client)
