@@ -123,6 +123,11 @@ async def test_an_oversize_message_is_refused_before_it_is_sent(
     ):
         await client.send(Blob(b"x" * 10_000_000))
     assert await client.send(Blob(b"x" * 1000)) == 1000  # and the next one goes
+    # Under the codec's limit, over the server's once the headers count: refused here, not sent (a
+    # server closes the connection of a client that sends more than its `max_payload`).
+    with pytest.raises(catga.SerializationError, match=r"more than the NATS server's `max_payload=1048576`"):
+        await client.send(Blob(b"x" * 1_048_400))
+    assert await client.send(Blob(b"x" * 1000)) == 1000
 
 
 async def test_requests_survive_a_nats_restart(
@@ -165,3 +170,30 @@ async def test_a_redis_restart_is_a_persistence_error_then_works_again(redis_url
         await _eventually(works, timeout=10)
     finally:
         await store.aclose()
+
+
+async def test_a_trace_continues_in_the_serving_process(nats_url: str, unique: str) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    config = catga.Config.default().with_(tracing=catga.behaviors.Tracing(tracer_provider=provider))
+    server = catga.Mediator(config=config, transport=NatsTransport(nats_url, service=f"s{unique}"))
+    server.register(Reserve, lambda command: command.quantity)
+    client = catga.Mediator(config=config, transport=NatsTransport(nats_url, service=f"c{unique}"))
+    async with server, client:
+        assert await client.send(Reserve("a1", 4)) == 4
+    spans = exporter.get_finished_spans()
+    sends = [span for span in spans if span.name == "send faults.reserve"]
+    handles = [span for span in spans if span.name == "handle faults.reserve"]
+    assert len(sends) == len(handles) == 2  # one of each per process
+    assert len({span.context.trace_id for span in spans}) == 1  # one trace across both
+    [client_send] = [span for span in sends if span.parent is None]
+    [client_handle] = [span for span in handles if span.parent and span.parent.span_id == client_send.context.span_id]
+    [server_send] = [span for span in sends if span.parent is not None]
+    assert server_send.parent is not None
+    assert server_send.parent.is_remote  # it came in the traceparent header
+    assert server_send.parent.span_id == client_handle.context.span_id

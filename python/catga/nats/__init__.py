@@ -24,9 +24,10 @@ except ImportError as exc:  # pragma: no cover - exercised with nats hidden by t
 
 from catga.nats._jetstream import durable_name
 from catga.nats._transport import DELIVERY_HEADER, FINAL_DELIVERY_HEADER, EventMode, NatsTransport
+from catga.nats._worker_id import WorkerIdLease
 
-__all__ = ["DELIVERY_HEADER", "FINAL_DELIVERY_HEADER", "EventMode", "NatsTransport", "durable_name"]
+__all__ = ["DELIVERY_HEADER", "FINAL_DELIVERY_HEADER", "EventMode", "NatsTransport", "WorkerIdLease", "durable_name"]
 
-for _value in (NatsTransport, durable_name):
+for _value in (NatsTransport, WorkerIdLease, durable_name):
     _value.__module__ = __name__
 del _value

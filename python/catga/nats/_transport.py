@@ -27,8 +27,9 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 from nats.js import JetStreamContext
 
-from catga._errors import Timeout, TransportError
+from catga._errors import SerializationError, Timeout, TransportError
 from catga.nats._jetstream import durable_name, ensure_consumer, ensure_stream
+from catga.nats._worker_id import acquire_shared, release_shared, worker_id_pinned
 from catga.transports._base import EVENT_PREFIX, EnvelopeHandler, Subscription, Transport
 from catga.transports._envelope import (
     DELIVERY_HEADER,
@@ -198,6 +199,14 @@ class _NatsSubscription(Subscription):
             )
         if reply is None:
             return
+        nc = self._transport._nc
+        if nc is not None:
+            try:
+                _check_payload(nc, msg.reply, reply)
+            except SerializationError as exc:  # a result too large for the server: say so instead
+                reply = _error_reply(codec, exc, self.subject)
+                if reply is None:
+                    return
         try:
             await self._transport._publish_raw(msg.reply, reply)
         except nats.errors.Error as exc:
@@ -293,6 +302,20 @@ def _name(what: str, value: object, *, forbidden: str) -> str:
     return value
 
 
+def _check_payload(nc: Client, subject: str, envelope: Envelope) -> None:
+    """Refuse what the server would refuse: it counts the headers too, and closes the connection of a
+    client that sends more than its `max_payload` (a broken connection, not an error to retry)."""
+    limit = nc.max_payload
+    # The header block: "NATS/1.0\r\n", each "name: value\r\n", and a closing "\r\n".
+    size = len(envelope.body) + 12 + sum(len(name) + len(value) + 4 for name, value in envelope.headers.items())
+    if limit and size > limit:
+        raise SerializationError(
+            f"the envelope for `{subject}` is `{size}` bytes with its headers, more than the NATS server's "
+            f"`max_payload={limit}`",
+            message_type=envelope.headers.get(TYPE_HEADER),
+        )
+
+
 def _backoff(delays: object) -> tuple[float, ...]:
     if isinstance(delays, str | bytes) or not isinstance(delays, Sequence):
         raise TypeError(f"`redelivery_backoff` must be a sequence of seconds, got `{delays!r}`")
@@ -345,6 +368,14 @@ class NatsTransport(Transport):
     `connect_options` go to `nats.connect` (TLS, credentials, `reconnect_time_wait`, ...);
     callbacks given there run after the transport's own, which log on `catga.nats`.
 
+    Worker id (API.md section 2): unless `CATGA_WORKER_ID` pins it or `lease_worker_id=False`,
+    `start()` leases a free worker id for the process from the JetStream KV bucket
+    `catga_worker_ids` (`catga.nats.WorkerIdLease`, on a connection of its own) and stamps it into
+    the ids `catga.new_id()` makes, so that processes on one cluster never make the same id. Every
+    transport of the process shares that lease; `stop()` of the last one frees the id. With every id
+    leased, `start()` fails with `catga.TransportError` naming the bucket. The server needs
+    JetStream for that (`-js`), also with `events="core"`.
+
     >>> import asyncio
     >>> async def main() -> bytes:
     ...     async def echo(envelope: Envelope) -> Envelope:
@@ -372,6 +403,7 @@ class NatsTransport(Transport):
         max_concurrency: int = 64,
         ack_wait: float = 30.0,
         drain_timeout: float = 5.0,
+        lease_worker_id: bool = True,
     ) -> None:
         if events not in ("core", "jetstream"):
             raise ValueError(f"`events` must be `'core'` or `'jetstream'`, got `{events!r}`")
@@ -391,6 +423,10 @@ class NatsTransport(Transport):
         self.max_concurrency = _count("max_concurrency", max_concurrency)
         self.ack_wait = _positive("ack_wait", ack_wait)
         self.drain_timeout = _positive("drain_timeout", drain_timeout)
+        if not isinstance(lease_worker_id, bool):
+            raise TypeError(f"`lease_worker_id` must be a bool, got `{lease_worker_id!r}`")
+        self.lease_worker_id = lease_worker_id
+        self._leased = False  # holds a reference to the process's worker-id lease
         self._connect_options = options
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
@@ -439,6 +475,12 @@ class NatsTransport(Transport):
             ) from exc
         self._nc = nc
         try:
+            # Before any subscription: the ids of the first messages handled carry the leased id.
+            if self.lease_worker_id and not worker_id_pinned():
+                await acquire_shared(
+                    self.servers, self._connect_options, service=self.service, timeout=self.request_timeout
+                )
+                self._leased = True
             if self.events == "jetstream":
                 self._js = nc.jetstream(timeout=self.request_timeout)
                 await ensure_stream(self._js, self.stream)
@@ -447,6 +489,7 @@ class NatsTransport(Transport):
         except BaseException:
             self._nc = self._js = None
             await _close_quietly(nc)
+            await self._release_worker_id()
             raise
         _logger.info(
             "connected to NATS at `%s` as `%s`", nc.connected_url.geturl() if nc.connected_url else "?", self.service
@@ -467,6 +510,12 @@ class NatsTransport(Transport):
         else:
             await _close_quietly(nc)
         self._sever("the transport was stopped")
+        await self._release_worker_id()
+
+    async def _release_worker_id(self) -> None:
+        if self._leased:
+            self._leased = False
+            await release_shared()
 
     # ---------------------------------------------------------------------------- delivering
 
@@ -474,6 +523,7 @@ class NatsTransport(Transport):
         if timeout <= 0:
             raise ValueError(f"`timeout` must be positive, got `{timeout!r}`")
         nc = self._connection(f"send a request to `{subject}`", reconnecting_ok=False)
+        _check_payload(nc, subject, envelope)
         task = asyncio.ensure_future(
             nc.request(subject, envelope.body, timeout=timeout, headers=envelope.headers or None)
         )
@@ -502,7 +552,7 @@ class NatsTransport(Transport):
 
     async def publish(self, subject: str, envelope: Envelope) -> None:
         # While reconnecting, nats-py buffers what is published and sends it once reconnected.
-        self._connection(f"publish to `{subject}`", reconnecting_ok=True)
+        _check_payload(self._connection(f"publish to `{subject}`", reconnecting_ok=True), subject, envelope)
         js = self._js
         if js is None or not subject.startswith(EVENT_PREFIX):
             try:
