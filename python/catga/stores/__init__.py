@@ -12,8 +12,8 @@ ones come with the distributed issue. Pass one to a behaviour to use it:
 True
 >>> config = catga.Config.default().with_(idempotency=Idempotency(store=store))
 
-The saga, event and snapshot stores (`SagaStore`, `EventStore`, `SnapshotStore`,
-`CheckpointStore`) arrive with the issues that define what they hold.
+`SagaStore` holds saga states (`catga.SagaExecutor`). The event and snapshot stores
+(`EventStore`, `SnapshotStore`, `CheckpointStore`) arrive with the issue that defines them.
 """
 
 from catga.stores._protocols import (
@@ -23,6 +23,7 @@ from catga.stores._protocols import (
     DeadLetterStore,
     IdempotencyKey,
     IdempotencyStore,
+    SagaStore,
 )
 
 __all__ = [
@@ -32,8 +33,9 @@ __all__ = [
     "DeadLetterStore",
     "IdempotencyKey",
     "IdempotencyStore",
+    "SagaStore",
 ]
 
-for _cls in (CacheStore, ClaimResult, ClaimStatus, DeadLetterStore, IdempotencyStore):
+for _cls in (CacheStore, ClaimResult, ClaimStatus, DeadLetterStore, IdempotencyStore, SagaStore):
     _cls.__module__ = __name__
 del _cls

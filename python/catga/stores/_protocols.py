@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeAlias, runtime_
 
 if TYPE_CHECKING:
     from catga._dead_letters import DeadLetterRecord
+    from catga._saga_state import SagaState, SagaStatus
 
 __all__ = [
     "CacheStore",
@@ -20,6 +21,7 @@ __all__ = [
     "DeadLetterStore",
     "IdempotencyKey",
     "IdempotencyStore",
+    "SagaStore",
 ]
 
 IdempotencyKey: TypeAlias = tuple[int, int]
@@ -171,4 +173,41 @@ class DeadLetterStore(Protocol):
 
     async def count(self) -> int:
         """How many records are stored."""
+        ...
+
+
+@runtime_checkable
+class SagaStore(Protocol):
+    """Saga states by `saga_id` (issue 6), each written with a compare-and-set on its `version`.
+
+    Every write of a running saga goes through `save(state, expected_version)`: it stores `state`
+    (whose `version` is `expected_version + 1`) only if the stored one is still at
+    `expected_version`, so two processes never both advance or take over one saga. A record that
+    cannot be decoded raises `catga.PersistenceError` naming the saga, from `get` and from the
+    listings (which skip nothing silently: the error names the saga, the caller decides).
+    """
+
+    async def create(self, state: "SagaState") -> bool:
+        """Store a new saga (`state.version == 1`); `False`, storing nothing, when the id exists."""
+        ...
+
+    async def get(self, saga_id: str) -> "SagaState | None":
+        """The saga's state, or `None`."""
+        ...
+
+    async def save(self, state: "SagaState", expected_version: int) -> bool:
+        """Replace the stored state if it is at `expected_version`; whether it was replaced."""
+        ...
+
+    async def list(self, status: "SagaStatus | None" = None, limit: int | None = 100) -> "Sequence[SagaState]":
+        """Up to `limit` sagas (`None`: all), with that status if given, oldest first."""
+        ...
+
+    async def expired(self, now: float, limit: int | None = 100) -> "Sequence[SagaState]":
+        """In-progress sagas (`RUNNING`, `COMPENSATING`) whose `lease_expires` is before `now`
+        (UNIX seconds), or that have no lease: the ones `recover()` may take over."""
+        ...
+
+    async def delete(self, saga_id: str) -> bool:
+        """Remove a saga; whether there was one."""
         ...
