@@ -75,15 +75,20 @@ shop: services $(BUILD_STAMP) ## Run examples/shop over NATS and Redis: 200 orde
 	$(PY) -m examples.shop.run --orders 200 --kill-payments
 
 # The servers the tests start themselves (tests/_servers.py: free loopback ports, temp dirs; nothing
-# here starts a service). Each is a Debian package whose binary has the same name. As root (here and
-# in CI) a missing one is installed; otherwise its tests skip, or fail under CATGA_REQUIRE_SERVICES=1.
-SERVICE_PACKAGES := nats-server redis-server
+# here starts a service). Each is a Debian package whose binary has the same name, except postgresql,
+# whose initdb Debian keeps off PATH (/usr/lib/postgresql/VERSION/bin). As root (here and in CI) a
+# missing one is installed; otherwise its tests skip, or fail under CATGA_REQUIRE_SERVICES=1.
+SERVICE_PACKAGES := nats-server redis-server postgresql
 
 .PHONY: services
-services: ## Install nats-server and redis-server from Debian when missing (as root)
+services: ## Install nats-server, redis-server and postgresql from Debian when missing (as root)
 	@missing=""; \
 	for package in $(SERVICE_PACKAGES); do \
-		PATH="$$PATH:/usr/sbin:/usr/bin:/usr/local/bin" command -v "$$package" >/dev/null || missing="$$missing $$package"; \
+		case "$$package" in \
+			postgresql) found="$$(compgen -G '/usr/lib/postgresql/*/bin/initdb' || command -v initdb || true)" ;; \
+			*) found="$$(PATH="$$PATH:/usr/sbin:/usr/bin:/usr/local/bin" command -v "$$package" || true)" ;; \
+		esac; \
+		[ -n "$$found" ] || missing="$$missing $$package"; \
 	done; \
 	if [ -z "$$missing" ]; then \
 		echo "services: $(SERVICE_PACKAGES) installed"; \
