@@ -59,6 +59,15 @@ PUBLIC = {
     "memory",
     "stores",
     "__version__",
+    # section 9 (sagas)
+    "Saga",
+    "SagaContext",
+    "SagaExecutor",
+    "SagaResult",
+    "SagaState",
+    "SagaStatus",
+    "SagaStep",
+    "send_step",
 }
 
 
@@ -88,7 +97,7 @@ def test_behaviors_is_reachable_after_a_plain_import() -> None:
     assert isinstance(catga.behaviors, types.ModuleType)
 
 
-@pytest.mark.parametrize("name", ["postgres", "compat"])
+@pytest.mark.parametrize("name", ["compat"])
 def test_submodules_of_later_issues_are_missing_attributes(name: str) -> None:
     with pytest.raises(AttributeError, match=f"`{name}`"):
         getattr(catga, name)

@@ -506,7 +506,13 @@ def test_bad_settings_are_named(make: Any, match: str) -> None:
 def test_public_names() -> None:
     import catga.redis
 
-    assert catga.redis.__all__ == ["RedisCacheStore", "RedisDeadLetterStore", "RedisIdempotencyStore", "RedisRateLimit"]
+    assert catga.redis.__all__ == [
+        "RedisCacheStore",
+        "RedisDeadLetterStore",
+        "RedisIdempotencyStore",
+        "RedisRateLimit",
+        "RedisSagaStore",
+    ]
     assert RedisIdempotencyStore.__module__ == "catga.redis"
     assert "redis" in dir(catga)
 

@@ -22,3 +22,36 @@ class PaymentCharged(catga.Event, tag="shop.payment_charged"):
     order_id: str
     customer: str
     amount: int
+
+
+# ------------------------------------------------------------------------ the checkout saga (issue 6)
+
+
+class Checkout(catga.Command[str], tag="shop.checkout"):
+    """Sent by a client to `orders`: runs the checkout saga; answered with the saga's final status."""
+
+    order_id: str
+    customer: str
+    sku: str
+    amount: int
+
+
+class ChargePayment(catga.Command[str], tag="shop.charge_payment"):
+    """Handled by `payments`: charges the customer (declined above `payments.CARD_LIMIT`)."""
+
+    order_id: str
+    customer: str
+    amount: int
+    idempotency_key: str
+
+
+class RefundPayment(catga.Command[None], tag="shop.refund_payment"):
+    order_id: str
+    idempotency_key: str
+
+
+class ShipOrder(catga.Command[str], tag="shop.ship_order"):
+    """Handled by `notifications`: tells the customer the order ships."""
+
+    order_id: str
+    customer: str

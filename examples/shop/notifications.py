@@ -5,7 +5,7 @@ order was notified exactly once.
 """
 
 from examples.shop._stores import NOTIFIED_KEY, REDIS_URL, config
-from examples.shop.messages import PaymentCharged
+from examples.shop.messages import PaymentCharged, ShipOrder
 
 import catga
 
@@ -26,3 +26,10 @@ async def _client() -> "object":
 async def notify(event: PaymentCharged) -> None:
     client = await _client()
     await client.hincrby(NOTIFIED_KEY, event.order_id, 1)  # type: ignore[attr-defined]
+
+
+@mediator.handler
+async def ship_order(command: ShipOrder) -> str:
+    client = await _client()
+    await client.hset("shop:shipped", command.order_id, command.customer)  # type: ignore[attr-defined]
+    return f"shipped-{command.order_id}"

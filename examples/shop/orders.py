@@ -4,7 +4,7 @@ Run: `catga worker examples.shop.orders:mediator --nats URL --redis URL --events
 """
 
 from examples.shop._stores import config
-from examples.shop.messages import OrderPlaced, PlaceOrder
+from examples.shop.messages import Checkout, OrderPlaced, PlaceOrder
 
 import catga
 
@@ -24,3 +24,28 @@ async def place_order(command: PlaceOrder) -> str:
         )
     )
     return command.order_id
+
+
+# ------------------------------------------------------------------------ the checkout saga (issue 6)
+
+
+def _saga_executor() -> catga.SagaExecutor:
+    from examples.shop._stores import REDIS_URL
+    from examples.shop.checkout import checkout
+
+    from catga.redis import RedisSagaStore
+
+    executor = catga.SagaExecutor(mediator, store=RedisSagaStore(REDIS_URL), lease=10.0)
+    executor.register(checkout)
+    return executor
+
+
+executor = _saga_executor()
+"""`catga saga recover --app examples.shop.orders:executor` takes over checkouts whose owner died."""
+
+
+@mediator.handler
+async def run_checkout(command: Checkout) -> str:
+    data = {"order_id": command.order_id, "customer": command.customer, "sku": command.sku, "amount": command.amount}
+    result = await executor.run(executor.sagas["checkout"], data=data, saga_id=f"checkout-{command.order_id}")
+    return str(result.status)

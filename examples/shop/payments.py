@@ -7,7 +7,7 @@ order is charged by one of them; if one dies mid-order, the other gets the order
 import asyncio
 
 from examples.shop._stores import config
-from examples.shop.messages import OrderPlaced, PaymentCharged
+from examples.shop.messages import ChargePayment, OrderPlaced, PaymentCharged, RefundPayment
 
 import catga
 
@@ -28,3 +28,22 @@ async def charge(event: OrderPlaced) -> None:
             message_id=event.message_id,  # the same order makes the same event, also when redelivered
         )
     )
+
+
+# ------------------------------------------------------------------------ the checkout saga (issue 6)
+
+CARD_LIMIT = 1000
+"""Charges above this are declined: the checkout saga then releases the stock it reserved."""
+
+
+@mediator.handler
+async def charge_payment(command: ChargePayment) -> str:
+    if command.amount > CARD_LIMIT:
+        # Not retryable: the saga compensates at once.
+        raise catga.ValidationError([f"card of `{command.customer}` declined for `{command.amount}`"])
+    return f"payment-{command.idempotency_key}"  # a provider would take the key, and charge once
+
+
+@mediator.handler
+async def refund_payment(command: RefundPayment) -> None:
+    return None

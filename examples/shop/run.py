@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from examples.shop._stores import NOTIFIED_KEY
-from examples.shop.messages import PlaceOrder
+from examples.shop.messages import Checkout, PlaceOrder
 
 import catga
 
@@ -135,6 +135,15 @@ class Shop:
         async with client:
             await asyncio.gather(*(place(number) for number in range(count)))
         return placed
+
+    async def checkout(self, order_id: str, sku: str, amount: int) -> str:
+        """Run the checkout saga in `orders` for one order: its final status (`completed`, ...)."""
+        from catga.nats import NatsTransport
+
+        client = catga.Mediator(transport=NatsTransport(self.nats_url, service="shop-client"))
+        async with client:
+            status: str = await client.send(Checkout(order_id=order_id, customer="ada", sku=sku, amount=amount))
+            return status
 
     async def notified(self, order_ids: Sequence[str], timeout: float = 60.0) -> dict[str, int]:
         """How many times each order was notified, once every order was (or the timeout passed)."""

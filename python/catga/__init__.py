@@ -10,7 +10,7 @@
 >>> asyncio.run(mediator.send(PlaceOrder("ada")))
 'order for ada'
 
-The public names are listed in `__all__` (API.md sections 1-5). Submodules such as
+The public names are listed in `__all__` (API.md sections 1-5, and the sagas of section 9). Submodules such as
 `catga.behaviors` are loaded on first attribute access.
 """
 
@@ -53,6 +53,8 @@ from catga._messages import (
     wire_name,
 )
 from catga._result import Result
+from catga._saga import Saga, SagaContext, SagaExecutor, SagaResult, SagaStep, send_step
+from catga._saga_state import SagaState, SagaStatus
 
 if TYPE_CHECKING:
     from catga import behaviors
@@ -87,7 +89,14 @@ __all__ = [
     "RateLimited",
     "Request",
     "Result",
+    "Saga",
+    "SagaContext",
+    "SagaExecutor",
     "SagaFailed",
+    "SagaResult",
+    "SagaState",
+    "SagaStatus",
+    "SagaStep",
     "SerializationError",
     "Timeout",
     "TransportError",
@@ -98,6 +107,7 @@ __all__ = [
     "memory",
     "new_id",
     "parse_id",
+    "send_step",
     "stores",
     "wire_name",
 ]
@@ -113,6 +123,7 @@ _SUBMODULES: dict[str, str | None] = {
     "memory": None,
     "nats": "nats",
     "observability": None,
+    "postgres": "postgres",
     "redis": "redis",
     "stores": None,
     "transports": None,
@@ -145,12 +156,20 @@ for _value in (
     RateLimited,
     Request,
     Result,
+    Saga,
+    SagaContext,
+    SagaExecutor,
     SagaFailed,
+    SagaResult,
+    SagaState,
+    SagaStatus,
+    SagaStep,
     SerializationError,
     Timeout,
     TransportError,
     ValidationError,
     current_context,
+    send_step,
     wire_name,
 ):
     _value.__module__ = __name__

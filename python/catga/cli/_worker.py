@@ -22,7 +22,7 @@ from typing import Any
 
 from catga.cli._common import CliError, Subparsers
 
-__all__ = ["add_parser", "load_mediator"]
+__all__ = ["add_parser", "load_mediator", "load_target"]
 
 
 def add_parser(commands: Subparsers) -> None:
@@ -84,6 +84,14 @@ def load_mediator(spec: str) -> Any:
     """The `catga.Mediator` that `module:attribute` names (the current directory is importable)."""
     import catga
 
+    target = load_target(spec)
+    if not isinstance(target, catga.Mediator):
+        raise CliError(f"`{spec}` is not a `catga.Mediator`, got `{target!r}`")
+    return target
+
+
+def load_target(spec: str) -> Any:
+    """The object `module:attribute` names (the current directory is importable)."""
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise CliError(f"the app must be `MODULE:ATTRIBUTE`, got `{spec}`")
@@ -98,8 +106,6 @@ def load_mediator(spec: str) -> Any:
             target = getattr(target, name)
         except AttributeError:
             raise CliError(f"`{module_name}` has no attribute `{attribute}`") from None
-    if not isinstance(target, catga.Mediator):
-        raise CliError(f"`{spec}` is not a `catga.Mediator`, got `{target!r}`")
     return target
 
 

@@ -2,7 +2,7 @@
 
 `MemoryIdempotencyStore` and `MemoryCacheStore` keep their entries in the core's tables (Rust, or
 the pure-Python twin), which the behaviours use synchronously, without a Python frame;
-`MemoryDeadLetterStore` keeps the last dead letters. Each implements its protocol of
+`MemoryDeadLetterStore` keeps the last dead letters, `MemorySagaStore` saga states. Each implements its protocol of
 `catga.stores`, and is safe to share between threads and event loops.
 
 >>> import catga
@@ -14,9 +14,10 @@ the pure-Python twin), which the behaviours use synchronously, without a Python 
 from catga.memory._cache import MemoryCacheStore
 from catga.memory._dead_letters import MemoryDeadLetterStore
 from catga.memory._idempotency import MemoryIdempotencyStore
+from catga.memory._sagas import MemorySagaStore
 
-__all__ = ["MemoryCacheStore", "MemoryDeadLetterStore", "MemoryIdempotencyStore"]
+__all__ = ["MemoryCacheStore", "MemoryDeadLetterStore", "MemoryIdempotencyStore", "MemorySagaStore"]
 
-for _cls in (MemoryCacheStore, MemoryDeadLetterStore, MemoryIdempotencyStore):
+for _cls in (MemoryCacheStore, MemoryDeadLetterStore, MemoryIdempotencyStore, MemorySagaStore):
     _cls.__module__ = __name__
 del _cls

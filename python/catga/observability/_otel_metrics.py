@@ -256,4 +256,69 @@ def instrument(registry: _HasSnapshot, meter_provider: MeterProvider | None = No
                 meter.create_observable_up_down_counter(name, callbacks, unit, description)
             else:
                 meter.create_observable_gauge(name, callbacks, unit, description)
+        _instrument_sagas(meter, registry)
         _instrumented[key] = (_ref(provider) if key != _GLOBAL else (lambda: True), registry)
+
+
+# ------------------------------------------------------------------------------------------ Sagas
+
+SAGA: Final = "catga.saga.name"
+STATUS: Final = "catga.saga.status"
+
+
+def _saga_runs(entry: _Entry) -> Iterable[Observation]:
+    for status, count in (entry.get("sagas") or {}).items():
+        yield Observation(count, {SAGA: entry["saga"], STATUS: status})
+
+
+def _saga(key: str) -> Callable[[_Entry], Iterable[Observation]]:
+    def observe(entry: _Entry) -> Iterable[Observation]:
+        yield Observation(entry.get(key, 0), {SAGA: entry["saga"]})
+
+    return observe
+
+
+def _saga_duration_sum(entry: _Entry) -> Iterable[Observation]:
+    yield Observation(float(_duration(entry).get("sum", 0.0)), {SAGA: entry["saga"]})
+
+
+def _saga_duration_count(entry: _Entry) -> Iterable[Observation]:
+    yield Observation(sum(_bucket_counts(entry)), {SAGA: entry["saga"]})
+
+
+def _saga_duration_buckets(entry: _Entry) -> Iterable[Observation]:
+    total = 0
+    for le, count in zip(LE_LABELS, _bucket_counts(entry), strict=True):
+        total += count
+        yield Observation(total, {SAGA: entry["saga"], "le": le})
+
+
+# The saga counters of `registry.sagas` (a `SagaMetrics`), the duration as three counters like the
+# messages' (see the module docstring).
+_SAGA_INSTRUMENTS: Final[tuple[tuple[str, str, str, str, Callable[[_Entry], Iterable[Observation]]], ...]] = (
+    ("counter", "catga.sagas", "{saga}", "Saga runs ended, by status.", _saga_runs),
+    ("up_down_counter", "catga.sagas.active", "{saga}", "Saga runs in progress.", _saga("active")),
+    ("counter", "catga.saga.duration.sum", "s", "Total time saga runs took.", _saga_duration_sum),
+    ("counter", "catga.saga.duration.count", "{saga}", "Saga runs timed.", _saga_duration_count),
+    (
+        "counter",
+        "catga.saga.duration.bucket",
+        "{saga}",
+        "Saga runs that took at most `le` seconds (cumulative histogram buckets).",
+        _saga_duration_buckets,
+    ),
+    ("counter", "catga.saga.compensations", "{step}", "Saga steps compensated.", _saga("compensations")),
+)
+
+
+def _instrument_sagas(meter: Any, registry: object) -> None:
+    sagas = getattr(registry, "sagas", None)
+    if not callable(getattr(sagas, "snapshot", None)):
+        return  # a registry without saga counters (a stand-in with `snapshot()` only)
+    cache = _SnapshotCache(sagas)  # type: ignore[arg-type]
+    for kind, name, unit, description, observe in _SAGA_INSTRUMENTS:
+        callbacks = [_callback(cache, name, observe)]
+        if kind == "counter":
+            meter.create_observable_counter(name, callbacks, unit, description)
+        else:
+            meter.create_observable_up_down_counter(name, callbacks, unit, description)

@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from catga import _core
 
-__all__ = ["CONTENT_TYPE", "DURATION_BUCKETS", "LE_LABELS", "OUTCOMES", "format_float", "render"]
+__all__ = ["CONTENT_TYPE", "DURATION_BUCKETS", "LE_LABELS", "OUTCOMES", "format_float", "render", "render_sagas"]
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 """The `Content-Type` of a metrics endpoint that serves `render`'s text."""
@@ -187,4 +187,45 @@ def render(snapshot: Iterable[Mapping[str, Any]]) -> str:
     for write in (_messages, _durations, _active, _publish_handlers, _counters, _breakers):
         write(out, entries)
     out.lines.append("")  # the format wants the last line terminated too
+    return "\n".join(out.lines)
+
+
+# ------------------------------------------------------------------------------------------ Sagas
+
+
+def render_sagas(snapshot: Iterable[Mapping[str, Any]]) -> str:
+    """The Prometheus text of a `SagaMetrics.snapshot()`, to follow `render`'s.
+
+    Families: `catga_sagas_total{saga,status}`, `catga_saga_duration_seconds{saga}` (histogram,
+    the message duration buckets), `catga_sagas_active{saga}`, `catga_saga_compensations_total{saga}`.
+
+    >>> entry = {"saga": "place-order", "sagas": {"completed": 2}, "active": 1}
+    >>> [line for line in render_sagas([entry]).splitlines() if line.startswith("catga_sagas_")]
+    ['catga_sagas_total{saga="place-order",status="completed"} 2', 'catga_sagas_active{saga="place-order"} 1']
+    """
+    entries = list(snapshot)
+    out = _Writer()
+    out.family("catga_sagas_total", "counter", "Saga runs ended, by status.")
+    for entry in entries:
+        for status, count in (entry.get("sagas") or {}).items():
+            out.sample("catga_sagas_total", (("saga", entry["saga"]), ("status", status)), count)
+    name = "catga_saga_duration_seconds"
+    out.family(name, "histogram", "Time a saga run took, in seconds.")
+    for entry in entries:
+        if not entry.get("duration"):
+            continue
+        saga = (("saga", entry["saga"]),)
+        cumulative, total = _duration({**entry, "type": entry["saga"]})
+        for le, count in zip(LE_LABELS, cumulative, strict=True):
+            out.sample(f"{name}_bucket", (*saga, ("le", le)), count)
+        out.sample(f"{name}_sum", saga, float(total))
+        out.sample(f"{name}_count", saga, cumulative[-1])
+    out.family("catga_sagas_active", "gauge", "Saga runs in progress in this process.")
+    for entry in entries:
+        out.sample("catga_sagas_active", (("saga", entry["saga"]),), entry.get("active", 0))
+    out.family("catga_saga_compensations_total", "counter", "Saga steps compensated.")
+    for entry in entries:
+        if "compensations" in entry:
+            out.sample("catga_saga_compensations_total", (("saga", entry["saga"]),), entry["compensations"])
+    out.lines.append("")
     return "\n".join(out.lines)

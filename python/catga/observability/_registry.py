@@ -18,6 +18,7 @@ A snapshot is a list with one dict per message type::
      "circuit_breaker_state": None}     # 0 closed, 1 half-open, 2 open; None: no breaker
 """
 
+import bisect
 import threading
 import weakref
 from collections.abc import Callable
@@ -27,9 +28,9 @@ from opentelemetry.metrics import MeterProvider
 
 from catga import _core
 from catga.observability import _otel_metrics
-from catga.observability._prometheus import DURATION_BUCKETS, render
+from catga.observability._prometheus import DURATION_BUCKETS, render, render_sagas
 
-__all__ = ["MetricsRegistry", "default_registry"]
+__all__ = ["MetricsRegistry", "SagaMetrics", "default_registry"]
 
 BREAKER_STATES: Final = {"closed": 0, "half_open": 1, "open": 2}
 """`circuit_breaker_state` of each breaker state, worse is higher (a type shows its worst)."""
@@ -88,6 +89,8 @@ class MetricsRegistry:
         self._table = _core.MetricsRegistry()
         self._lock = threading.Lock()
         self._breakers: dict[str, list[_BreakerRef]] = {}
+        self.sagas: Final = SagaMetrics()
+        """The saga counters (`catga.SagaExecutor` records into them; see `SagaMetrics`)."""
 
     def for_type(self, kind: str, type: str, /) -> _core.TypeMetrics:
         """The core counters of a message type (made on first call): what the pipeline records into."""
@@ -139,7 +142,7 @@ class MetricsRegistry:
 
     def prometheus_text(self) -> str:
         """The metrics in the Prometheus text format (0.0.4), for a `/metrics` endpoint."""
-        return render(self.snapshot())
+        return render(self.snapshot()) + render_sagas(self.sagas.snapshot())
 
     def instrument(self, meter_provider: MeterProvider | None = None) -> None:
         """Export the metrics through OpenTelemetry: observable instruments on the meter `catga`.
@@ -179,3 +182,78 @@ def default_registry() -> MetricsRegistry:
                 # (until then the API's proxy holds the instruments): no call needed.
                 registry.instrument()
     return registry
+
+
+# ------------------------------------------------------------------------------------------ Sagas
+
+
+class SagaMetrics:
+    """Per-saga counters (issue 6): runs by final status, run durations, runs in progress and
+    compensations. Sagas are rare next to messages, so these are plain Python counters under a lock.
+
+    `snapshot()` gives one dict per saga name::
+
+        {"saga": "place-order", "sagas": {"completed": 3, "compensated": 1, "failed": 0},
+         "duration": {"buckets": [...21 counts, not cumulative...], "sum": 0.5, "count": 4},
+         "active": 0, "compensations": 2}
+
+    `sagas` may hold other statuses too (`interrupted`: a run that ended by cancellation or by
+    losing its lease). Labels are saga names, never saga ids.
+
+    >>> metrics = SagaMetrics()
+    >>> metrics.started("place-order"); metrics.finished("place-order", "completed", 0.2)
+    >>> [(entry["saga"], entry["sagas"]["completed"], entry["active"]) for entry in metrics.snapshot()]
+    [('place-order', 1, 0)]
+    """
+
+    __slots__ = ("_entries", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[str, dict[str, Any]] = {}
+
+    def _entry(self, saga: str) -> dict[str, Any]:
+        entry = self._entries.get(saga)
+        if entry is None:
+            entry = self._entries[saga] = {
+                "saga": saga,
+                "sagas": {"completed": 0, "compensated": 0, "failed": 0},
+                "duration": {"buckets": [0] * (len(DURATION_BUCKETS) + 1), "sum": 0.0, "count": 0},
+                "active": 0,
+                "compensations": 0,
+            }
+        return entry
+
+    def started(self, saga: str) -> None:
+        """A run of `saga` began (or was taken over) in this process."""
+        with self._lock:
+            self._entry(saga)["active"] += 1
+
+    def finished(self, saga: str, status: str, seconds: float) -> None:
+        """A run of `saga` ended with `status` after `seconds`."""
+        with self._lock:
+            entry = self._entry(saga)
+            entry["active"] -= 1
+            entry["sagas"][status] = entry["sagas"].get(status, 0) + 1
+            duration = entry["duration"]
+            # `le` buckets: the first upper bound at or above `seconds`; the last is the overflow.
+            duration["buckets"][bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+            duration["sum"] += seconds
+            duration["count"] += 1
+
+    def compensated(self, saga: str) -> None:
+        """A step of `saga` was compensated."""
+        with self._lock:
+            self._entry(saga)["compensations"] += 1
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """One dict per saga name (see the class docstring), copied."""
+        with self._lock:
+            return [
+                {
+                    **entry,
+                    "sagas": dict(entry["sagas"]),
+                    "duration": {**entry["duration"], "buckets": list(entry["duration"]["buckets"])},
+                }
+                for entry in self._entries.values()
+            ]

@@ -1,10 +1,11 @@
 """Redis stores (API.md section 8): the built-in behaviours' state, shared by a whole cluster.
 
-`RedisIdempotencyStore`, `RedisCacheStore` and `RedisDeadLetterStore` implement the protocols of
-`catga.stores` (and pass the same contract tests as `catga.memory`'s); `RedisRateLimit` is the
-cluster-wide token bucket, usable wherever `catga.behaviors.RateLimit` is. Each takes a `redis://`
-URL (the object then owns its client: `await x.aclose()`) or a `redis.asyncio.Redis` you own and
-close. They use redis-py's asyncio client (with hiredis when installed): `pip install catga[redis]`.
+`RedisIdempotencyStore`, `RedisCacheStore`, `RedisDeadLetterStore` and `RedisSagaStore` implement
+the protocols of `catga.stores` (and pass the same contract tests as `catga.memory`'s);
+`RedisRateLimit` is the cluster-wide token bucket, usable wherever `catga.behaviors.RateLimit` is.
+Each takes a `redis://` URL (the object then owns its client: `await x.aclose()`) or a
+`redis.asyncio.Redis` you own and close. They use redis-py's asyncio client (with hiredis when
+installed): `pip install catga[redis]`.
 
 >>> import catga
 >>> from catga.behaviors import Cache, DeadLetter, Idempotency
@@ -30,9 +31,10 @@ from catga.redis._cache import RedisCacheStore
 from catga.redis._dead_letters import RedisDeadLetterStore
 from catga.redis._idempotency import RedisIdempotencyStore
 from catga.redis._rate_limit import RedisRateLimit
+from catga.redis._sagas import RedisSagaStore
 
-__all__ = ["RedisCacheStore", "RedisDeadLetterStore", "RedisIdempotencyStore", "RedisRateLimit"]
+__all__ = ["RedisCacheStore", "RedisDeadLetterStore", "RedisIdempotencyStore", "RedisRateLimit", "RedisSagaStore"]
 
-for _cls in (RedisCacheStore, RedisDeadLetterStore, RedisIdempotencyStore, RedisRateLimit):
+for _cls in (RedisCacheStore, RedisDeadLetterStore, RedisIdempotencyStore, RedisRateLimit, RedisSagaStore):
     _cls.__module__ = __name__
 del _cls

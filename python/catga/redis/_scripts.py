@@ -26,6 +26,11 @@ __all__ = [
     "DLQ_UPDATE",
     "RATE_LIMIT",
     "RELEASE",
+    "SAGA_CREATE",
+    "SAGA_DELETE",
+    "SAGA_EXPIRED",
+    "SAGA_LIST",
+    "SAGA_SAVE",
 ]
 
 # ------------------------------------------------------------------------------- idempotency
@@ -216,3 +221,122 @@ if after <= now + capacity then
 end
 return string.format('%.9f', (after - capacity - now) / 1000000)
 """
+
+# -------------------------------------------------------------------------------------- sagas
+# One hash per saga, `prefix` + "s:" + id, with fields `version`, `status` and `state` (the JSON of
+# `encode_state`); the indexes are sorted sets of saga ids: `index` (every saga, scored by its
+# creation time), `status:<status>` (one per status, same score) and `leases` (the sagas in
+# progress, scored by `lease_expires`; `-inf` when they have none). The status sets are passed as
+# the last keys, in the order of the statuses given as the last arguments.
+
+_SAGA_INDEX: Final = """
+-- Put saga ARGV[1] in the status set of `status` (removing it from the others) and in the lease
+-- set when `lease` is not '' (removing it otherwise). `first` is the first status key's index.
+local function index_saga(id, created, status, lease, first, first_name)
+  redis.call('ZADD', KEYS[2], created, id)
+  for i = first, #KEYS do
+    if ARGV[first_name + i - first] == status then
+      redis.call('ZADD', KEYS[i], created, id)
+    else
+      redis.call('ZREM', KEYS[i], id)
+    end
+  end
+  if lease == '' then
+    redis.call('ZREM', KEYS[3], id)
+  else
+    redis.call('ZADD', KEYS[3], lease, id)
+  end
+end
+"""
+
+SAGA_CREATE: Final = (
+    _SAGA_INDEX
+    + """
+-- KEYS[1] the saga, KEYS[2] index, KEYS[3] leases, KEYS[4..] the status sets.
+-- ARGV[1] id, [2] version, [3] status, [4] state, [5] created score, [6] lease score or '',
+-- [7..] the statuses. 1 when stored, 0 when the saga exists (nothing changes).
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'version', ARGV[2], 'status', ARGV[3], 'state', ARGV[4])
+index_saga(ARGV[1], ARGV[5], ARGV[3], ARGV[6], 4, 7)
+return 1
+"""
+)
+
+SAGA_SAVE: Final = (
+    _SAGA_INDEX
+    + """
+-- KEYS as SAGA_CREATE. ARGV[1] id, [2] expected version, [3] new version, [4] status, [5] state,
+-- [6] created score, [7] lease score or '', [8..] the statuses.
+-- 1 when replaced, 0 when the saga is missing or not at the expected version (nothing changes).
+if redis.call('HGET', KEYS[1], 'version') ~= ARGV[2] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'version', ARGV[3], 'status', ARGV[4], 'state', ARGV[5])
+index_saga(ARGV[1], ARGV[6], ARGV[4], ARGV[7], 4, 8)
+return 1
+"""
+)
+
+SAGA_DELETE: Final = """
+-- KEYS[1] the saga, KEYS[2] index, KEYS[3] leases, KEYS[4..] the status sets; ARGV[1] id.
+-- Whether the saga was stored.
+local removed = redis.call('DEL', KEYS[1])
+for i = 2, #KEYS do
+  redis.call('ZREM', KEYS[i], ARGV[1])
+end
+return removed
+"""
+
+_SAGA_STATES: Final = """
+-- {id, state, id, state, ...} of `ids` (a saga deleted under the index is left out).
+local function saga_states(prefix, ids)
+  local found = {}
+  for _, id in ipairs(ids) do
+    local state = redis.call('HGET', prefix .. id, 'state')
+    if state then
+      found[#found + 1] = id
+      found[#found + 1] = state
+    end
+  end
+  return found
+end
+"""
+
+SAGA_LIST: Final = (
+    _SAGA_STATES
+    + """
+-- KEYS[1] the index or a status set; ARGV[1] the sagas' key prefix, ARGV[2] the last rank (-1: all).
+-- The oldest sagas first, from one snapshot.
+return saga_states(ARGV[1], redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2])))
+"""
+)
+
+SAGA_EXPIRED: Final = (
+    _SAGA_STATES
+    + """
+-- KEYS[1] leases, KEYS[2] index; ARGV[1] the sagas' key prefix, ARGV[2] now (UNIX seconds),
+-- ARGV[3] how many (-1: all). The in-progress sagas with no lease or one before `now`, oldest first.
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2])
+local rows = {}
+for i, id in ipairs(ids) do
+  rows[i] = {tonumber(redis.call('ZSCORE', KEYS[2], id)) or 0, id}
+end
+table.sort(rows, function(a, b)
+  if a[1] ~= b[1] then
+    return a[1] < b[1]
+  end
+  return a[2] < b[2]
+end)
+local limit = tonumber(ARGV[3])
+local chosen = {}
+for i = 1, #rows do
+  if limit >= 0 and i > limit then
+    break
+  end
+  chosen[i] = rows[i][2]
+end
+return saga_states(ARGV[1], chosen)
+"""
+)
