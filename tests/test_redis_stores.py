@@ -341,16 +341,19 @@ async def test_a_mediator_is_rate_limited_across_processes(redis_url: str, closi
 
 
 async def test_rate_limit_waits_and_per_type(redis_url: str, closing: list[Any]) -> None:
-    limit = RedisRateLimit(redis_url, rate=20.0, burst=1.0, wait=True, max_wait=1.0, per_type=True)
+    # A bucket's key lives until it is full again (1 / rate = 0.5 s here): read them within that.
+    limit = RedisRateLimit(redis_url, rate=2.0, burst=1.0, wait=True, max_wait=2.0, per_type=True)
     closing.append(limit)
     mediator = catga.Mediator(config=MINIMAL.with_(rate_limit=limit))
     mediator.register(PlaceOrder, Handler("ok"))
     mediator.register(GetOrder, Handler({}))
     await mediator.send(PlaceOrder("a"))
     await mediator.send(GetOrder("o1"))  # its own bucket: not waiting for PlaceOrder's
-    await mediator.send(PlaceOrder("b"))  # waits ~50 ms for a token
     keys = sorted(await limit.client.keys("catga:rate:default:*"))
     assert keys == [f"catga:rate:default:{catga.wire_name(t)}".encode() for t in (GetOrder, PlaceOrder)]
+    started = asyncio.get_running_loop().time()
+    await mediator.send(PlaceOrder("b"))  # waits ~0.5 s for a token
+    assert asyncio.get_running_loop().time() - started > 0.2
 
 
 def test_redis_rate_limit_is_a_rate_limit(redis_url: str) -> None:

@@ -593,3 +593,18 @@ async def test_saga_metrics_through_opentelemetry() -> None:
     assert ("compensated", 1) in points
     [compensations] = metrics["catga.saga.compensations"].data.data_points
     assert getattr(compensations, "value", None) == 1
+
+
+async def test_recover_resumes_compensating_a_failed_saga_once_it_can() -> None:
+    broken = {"release": True}
+    trace: list[str] = []
+    executor, _, _ = make_executor()
+    saga = failing_compensation_saga(broken, trace)
+    assert (await executor.run(saga, saga_id="rf-1")).status is catga.SagaStatus.FAILED
+    still = await executor.recover()  # still broken: it stays failed
+    assert [result.status for result in still] == [catga.SagaStatus.FAILED]
+    broken["release"] = False
+    [result] = await executor.recover()
+    assert (result.saga_id, result.status) == ("rf-1", catga.SagaStatus.COMPENSATED)
+    assert await executor.recover() == []  # nothing left to do
+    assert await executor.recover(failed=False) == []

@@ -586,8 +586,9 @@ class SagaExecutor:
             )
         return await self._drive(await self._take_over(saga, existing))
 
-    async def recover(self, limit: int | None = 100) -> list[SagaResult]:
-        """Take over the in-progress sagas whose owner's lease expired and finish them.
+    async def recover(self, limit: int | None = 100, *, failed: bool = True) -> list[SagaResult]:
+        """Take over the in-progress sagas whose owner's lease expired and finish them; with
+        `failed` (the default), also resume compensating the `FAILED` ones (as `retry` does).
 
         A `RUNNING` saga re-runs its in-flight step (same idempotency key) and goes on; a
         `COMPENSATING` one goes on compensating. Sagas of a name not registered here are left for
@@ -605,6 +606,14 @@ class SagaExecutor:
             except Conflict:
                 continue  # another process took it first
             results.append(await self._drive(run))
+        if failed:
+            for state in await self._store.list(SagaStatus.FAILED, limit):
+                if state.name not in self._sagas:
+                    continue
+                try:
+                    results.append(await self.retry(state.saga_id))
+                except (Conflict, ValueError):
+                    continue  # retried meanwhile by another process
         return results
 
     async def retry(self, saga_id: str) -> SagaResult:
