@@ -12,30 +12,46 @@ ones come with the distributed issue. Pass one to a behaviour to use it:
 True
 >>> config = catga.Config.default().with_(idempotency=Idempotency(store=store))
 
-`SagaStore` holds saga states (`catga.SagaExecutor`). The event and snapshot stores
-(`EventStore`, `SnapshotStore`, `CheckpointStore`) arrive with the issue that defines them.
+`SagaStore` holds saga states (`catga.SagaExecutor`); `EventStore`, `SnapshotStore` and
+`CheckpointStore` hold event-sourced streams, aggregate snapshots and projection checkpoints.
 """
 
 from catga.stores._protocols import (
     CacheStore,
+    CheckpointStore,
     ClaimResult,
     ClaimStatus,
     DeadLetterStore,
+    EventStore,
     IdempotencyKey,
     IdempotencyStore,
     SagaStore,
+    SnapshotStore,
 )
 
 __all__ = [
     "CacheStore",
+    "CheckpointStore",
     "ClaimResult",
     "ClaimStatus",
     "DeadLetterStore",
+    "EventStore",
     "IdempotencyKey",
     "IdempotencyStore",
     "SagaStore",
+    "SnapshotStore",
 ]
 
-for _cls in (CacheStore, ClaimResult, ClaimStatus, DeadLetterStore, IdempotencyStore, SagaStore):
+for _cls in (
+    CacheStore,
+    CheckpointStore,
+    ClaimResult,
+    ClaimStatus,
+    DeadLetterStore,
+    EventStore,
+    IdempotencyStore,
+    SagaStore,
+    SnapshotStore,
+):
     _cls.__module__ = __name__
 del _cls

@@ -11,17 +11,24 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeAlias, runtime_checkable
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from datetime import datetime
+
     from catga._dead_letters import DeadLetterRecord
+    from catga._event_records import StoredEvent
     from catga._saga_state import SagaState, SagaStatus
 
 __all__ = [
     "CacheStore",
+    "CheckpointStore",
     "ClaimResult",
     "ClaimStatus",
     "DeadLetterStore",
+    "EventStore",
     "IdempotencyKey",
     "IdempotencyStore",
     "SagaStore",
+    "SnapshotStore",
 ]
 
 IdempotencyKey: TypeAlias = tuple[int, int]
@@ -210,4 +217,77 @@ class SagaStore(Protocol):
 
     async def delete(self, saga_id: str) -> bool:
         """Remove a saga; whether there was one."""
+        ...
+
+
+@runtime_checkable
+class EventStore(Protocol):
+    """Event streams and the global log (issue 7). Versions are 1-based per stream (an empty stream
+    is at 0); positions are 1-based and increase in append order across all streams."""
+
+    async def append(
+        self,
+        stream_id: str,
+        events: "Sequence[object]",
+        expected_version: int | None = None,
+        *,
+        metadata: "dict[str, Any] | None" = None,
+    ) -> int:
+        """Append `events` atomically (all or none); the stream's new version.
+
+        `expected_version=None` appends whatever the version; an int must equal the stream's
+        version, else `catga.ConcurrencyConflict(stream_id, expected, actual)` and nothing is
+        written. An empty `events` writes nothing and returns the current version. An event that
+        cannot be stored raises `SerializationError` before anything is written.
+        """
+        ...
+
+    async def read(
+        self,
+        stream_id: str,
+        from_version: int = 1,
+        to_version: int | None = None,
+        until: "datetime | None" = None,
+        limit: int | None = None,
+    ) -> "list[StoredEvent]":
+        """The stream's events from `from_version` to `to_version` (inclusive), appended at or before
+        `until` (time travel), at most `limit`, in version order."""
+        ...
+
+    async def version(self, stream_id: str) -> int:
+        """The stream's version (0: empty)."""
+        ...
+
+    async def read_all(self, from_position: int = 0, limit: int | None = None) -> "list[StoredEvent]":
+        """The global log from `from_position` (inclusive) on, at most `limit`, in position order."""
+        ...
+
+    def subscribe(self, from_position: int = 0) -> "AsyncIterator[StoredEvent]":
+        """Every event from `from_position` on: catches up on the stored ones, then follows new ones."""
+        ...
+
+
+@runtime_checkable
+class SnapshotStore(Protocol):
+    """The latest snapshot of each stream: its version and the aggregate's encoded state."""
+
+    async def save(self, stream_id: str, version: int, state: bytes) -> None:
+        """Keep `state` as the stream's snapshot at `version` (a newer one replaces an older one)."""
+        ...
+
+    async def latest(self, stream_id: str) -> "tuple[int, bytes] | None":
+        """`(version, state)` of the stream's latest snapshot, or `None`."""
+        ...
+
+
+@runtime_checkable
+class CheckpointStore(Protocol):
+    """How far each projection has read the global log."""
+
+    async def get(self, name: str) -> int:
+        """The last position `name` has handled (0: none)."""
+        ...
+
+    async def set(self, name: str, position: int) -> None:
+        """Record that `name` has handled everything up to `position`."""
         ...
