@@ -511,10 +511,13 @@ def test_public_names() -> None:
 
     assert catga.redis.__all__ == [
         "RedisCacheStore",
+        "RedisCheckpointStore",
         "RedisDeadLetterStore",
+        "RedisEventStore",
         "RedisIdempotencyStore",
         "RedisRateLimit",
         "RedisSagaStore",
+        "RedisSnapshotStore",
     ]
     assert RedisIdempotencyStore.__module__ == "catga.redis"
     assert "redis" in dir(catga)

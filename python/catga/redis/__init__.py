@@ -1,6 +1,7 @@
 """Redis stores (API.md section 8): the built-in behaviours' state, shared by a whole cluster.
 
-`RedisIdempotencyStore`, `RedisCacheStore`, `RedisDeadLetterStore` and `RedisSagaStore` implement
+`RedisIdempotencyStore`, `RedisCacheStore`, `RedisDeadLetterStore`, `RedisSagaStore` and the event
+sourcing stores (`RedisEventStore`, `RedisSnapshotStore`, `RedisCheckpointStore`) implement
 the protocols of `catga.stores` (and pass the same contract tests as `catga.memory`'s);
 `RedisRateLimit` is the cluster-wide token bucket, usable wherever `catga.behaviors.RateLimit` is.
 Each takes a `redis://` URL (the object then owns its client: `await x.aclose()`) or a
@@ -29,12 +30,31 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
 
 from catga.redis._cache import RedisCacheStore
 from catga.redis._dead_letters import RedisDeadLetterStore
+from catga.redis._events import RedisCheckpointStore, RedisEventStore, RedisSnapshotStore
 from catga.redis._idempotency import RedisIdempotencyStore
 from catga.redis._rate_limit import RedisRateLimit
 from catga.redis._sagas import RedisSagaStore
 
-__all__ = ["RedisCacheStore", "RedisDeadLetterStore", "RedisIdempotencyStore", "RedisRateLimit", "RedisSagaStore"]
+__all__ = [
+    "RedisCacheStore",
+    "RedisCheckpointStore",
+    "RedisDeadLetterStore",
+    "RedisEventStore",
+    "RedisIdempotencyStore",
+    "RedisRateLimit",
+    "RedisSagaStore",
+    "RedisSnapshotStore",
+]
 
-for _cls in (RedisCacheStore, RedisDeadLetterStore, RedisIdempotencyStore, RedisRateLimit, RedisSagaStore):
+for _cls in (
+    RedisCacheStore,
+    RedisCheckpointStore,
+    RedisDeadLetterStore,
+    RedisEventStore,
+    RedisIdempotencyStore,
+    RedisRateLimit,
+    RedisSagaStore,
+    RedisSnapshotStore,
+):
     _cls.__module__ = __name__
 del _cls
