@@ -68,6 +68,14 @@ PUBLIC = {
     "SagaStatus",
     "SagaStep",
     "send_step",
+    # event sourcing (issue 7)
+    "Aggregate",
+    "AggregateRepository",
+    "applies",
+    "Projection",
+    "ProjectionRunner",
+    "StoredEvent",
+    "upcaster",
 }
 
 
@@ -193,6 +201,9 @@ MODULES = [
     "catga.memory._dead_letters",
     "catga._dead_letters",
     "catga.behaviors._validation",
+    "catga._aggregate",
+    "catga._projection",
+    "catga.memory._events",
 ]
 
 

@@ -10,7 +10,8 @@
 >>> asyncio.run(mediator.send(PlaceOrder("ada")))
 'order for ada'
 
-The public names are listed in `__all__` (API.md sections 1-5, and the sagas of section 9). Submodules such as
+The public names are listed in `__all__` (API.md sections 1-5, the sagas of section 9 and
+the event sourcing of issue 7). Submodules such as
 `catga.behaviors` are loaded on first attribute access.
 """
 
@@ -18,6 +19,7 @@ import importlib
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from catga._aggregate import Aggregate, AggregateRepository, applies
 from catga._config import Config
 from catga._core import PURE_PYTHON, IdGenerator, IdParts, __version__, new_id, parse_id
 from catga._dead_letters import DeadLetterRecord, DeadLetters
@@ -40,6 +42,7 @@ from catga._errors import (
     TransportError,
     ValidationError,
 )
+from catga._event_records import StoredEvent, upcaster
 from catga._mediator import Mediator
 from catga._messages import (
     Command,
@@ -52,6 +55,7 @@ from catga._messages import (
     current_context,
     wire_name,
 )
+from catga._projection import Projection, ProjectionRunner
 from catga._result import Result
 from catga._saga import Saga, SagaContext, SagaExecutor, SagaResult, SagaStep, send_step
 from catga._saga_state import SagaState, SagaStatus
@@ -63,6 +67,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PURE_PYTHON",
+    "Aggregate",
+    "AggregateRepository",
     "CatgaError",
     "CircuitOpen",
     "Command",
@@ -84,6 +90,8 @@ __all__ = [
     "MessageContext",
     "MessageId",
     "PersistenceError",
+    "Projection",
+    "ProjectionRunner",
     "PublishError",
     "Query",
     "RateLimited",
@@ -98,10 +106,12 @@ __all__ = [
     "SagaStatus",
     "SagaStep",
     "SerializationError",
+    "StoredEvent",
     "Timeout",
     "TransportError",
     "ValidationError",
     "__version__",
+    "applies",
     "behaviors",
     "current_context",
     "memory",
@@ -109,6 +119,7 @@ __all__ = [
     "parse_id",
     "send_step",
     "stores",
+    "upcaster",
     "wire_name",
 ]
 
@@ -133,6 +144,8 @@ _SUBMODULES: dict[str, str | None] = {
 # same): reprs, tracebacks and docs then name the public path. The core's names are left alone
 # (native types cannot be changed, and both cores must stay alike).
 for _value in (
+    Aggregate,
+    AggregateRepository,
     CatgaError,
     CircuitOpen,
     Command,
@@ -151,6 +164,8 @@ for _value in (
     Message,
     MessageContext,
     PersistenceError,
+    Projection,
+    ProjectionRunner,
     PublishError,
     Query,
     RateLimited,
@@ -165,11 +180,14 @@ for _value in (
     SagaStatus,
     SagaStep,
     SerializationError,
+    StoredEvent,
     Timeout,
     TransportError,
     ValidationError,
+    applies,
     current_context,
     send_step,
+    upcaster,
     wire_name,
 ):
     _value.__module__ = __name__

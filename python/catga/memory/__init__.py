@@ -2,7 +2,9 @@
 
 `MemoryIdempotencyStore` and `MemoryCacheStore` keep their entries in the core's tables (Rust, or
 the pure-Python twin), which the behaviours use synchronously, without a Python frame;
-`MemoryDeadLetterStore` keeps the last dead letters, `MemorySagaStore` saga states. Each implements its protocol of
+`MemoryDeadLetterStore` keeps the last dead letters, `MemorySagaStore` saga states,
+`MemoryEventStore`, `MemorySnapshotStore` and `MemoryCheckpointStore` event streams, snapshots and projection
+checkpoints (issue 7). Each implements its protocol of
 `catga.stores`, and is safe to share between threads and event loops.
 
 >>> import catga
@@ -13,11 +15,28 @@ the pure-Python twin), which the behaviours use synchronously, without a Python 
 
 from catga.memory._cache import MemoryCacheStore
 from catga.memory._dead_letters import MemoryDeadLetterStore
+from catga.memory._events import MemoryCheckpointStore, MemoryEventStore, MemorySnapshotStore
 from catga.memory._idempotency import MemoryIdempotencyStore
 from catga.memory._sagas import MemorySagaStore
 
-__all__ = ["MemoryCacheStore", "MemoryDeadLetterStore", "MemoryIdempotencyStore", "MemorySagaStore"]
+__all__ = [
+    "MemoryCacheStore",
+    "MemoryCheckpointStore",
+    "MemoryDeadLetterStore",
+    "MemoryEventStore",
+    "MemoryIdempotencyStore",
+    "MemorySagaStore",
+    "MemorySnapshotStore",
+]
 
-for _cls in (MemoryCacheStore, MemoryDeadLetterStore, MemoryIdempotencyStore, MemorySagaStore):
+for _cls in (
+    MemoryCacheStore,
+    MemoryCheckpointStore,
+    MemoryDeadLetterStore,
+    MemoryEventStore,
+    MemoryIdempotencyStore,
+    MemorySagaStore,
+    MemorySnapshotStore,
+):
     _cls.__module__ = __name__
 del _cls
