@@ -30,6 +30,13 @@ SCENARIOS = (
     "nats-publish-core",
     "nats-publish-jetstream",
     "redis-claim-complete",
+    "es-append-redis",
+    "es-append-redis-100",
+    "es-append-postgres",
+    "es-append-postgres-100",
+    "es-read-redis",
+    "es-read-postgres",
+    "aggregate-load",
 )
 # Scenarios timed without an event loop (their empty batch is a plain `for`).
 SYNC_SCENARIOS = frozenset({"new_id", "try_acquire", "store-8-threads"})
@@ -50,6 +57,13 @@ FLOOR_TEXT = {
     "nats-publish-core": "raw `nc.publish`",
     "nats-publish-jetstream": "raw `js.publish`",
     "redis-claim-complete": "one raw `SET NX PX` round trip",
+    "es-append-redis": "one raw `XADD` of the same msgpack body (per event)",
+    "es-append-redis-100": "a MULTI/EXEC pipeline of 100 raw `XADD`s (per event)",
+    "es-append-postgres": "one raw asyncpg `INSERT` of a row (per event)",
+    "es-append-postgres-100": "raw asyncpg `copy_records_to_table` of 100 rows (per event)",
+    "es-read-redis": "raw `XRANGE` of 1,000 entries + msgspec decode of the bodies (per event)",
+    "es-read-postgres": "raw asyncpg `SELECT` of the same 1,000 rows + msgspec decode (per event)",
+    "aggregate-load": "`AggregateRepository.load` of the 10,000-event stream without snapshots (per load)",
 }
 
 

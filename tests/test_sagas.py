@@ -601,10 +601,10 @@ async def test_recover_resumes_compensating_a_failed_saga_once_it_can() -> None:
     executor, _, _ = make_executor()
     saga = failing_compensation_saga(broken, trace)
     assert (await executor.run(saga, saga_id="rf-1")).status is catga.SagaStatus.FAILED
-    still = await executor.recover()  # still broken: it stays failed
+    assert await executor.recover() == []  # failed sagas only on request
+    still = await executor.recover(failed=True)  # still broken: it stays failed
     assert [result.status for result in still] == [catga.SagaStatus.FAILED]
     broken["release"] = False
-    [result] = await executor.recover()
+    [result] = await executor.recover(failed=True)
     assert (result.saga_id, result.status) == ("rf-1", catga.SagaStatus.COMPENSATED)
-    assert await executor.recover() == []  # nothing left to do
-    assert await executor.recover(failed=False) == []
+    assert await executor.recover(failed=True) == []  # nothing left to do

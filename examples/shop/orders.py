@@ -41,7 +41,8 @@ def _saga_executor() -> catga.SagaExecutor:
 
 
 executor = _saga_executor()
-"""`catga saga recover --app examples.shop.orders:executor` takes over checkouts whose owner died."""
+"""`catga saga recover --app examples.shop.orders:executor --nats URL` takes over checkouts whose owner
+died (with the mediator on NATS: the steps send to `payments` and `notifications`)."""
 
 
 @mediator.handler

@@ -510,6 +510,11 @@ class SagaExecutor:
         return f"<catga.SagaExecutor owner={self._owner!r} sagas={sorted(self._sagas)} store={self._store!r}>"
 
     @property
+    def mediator(self) -> "Mediator":
+        """The mediator the steps send through (`ctx.mediator`)."""
+        return self._mediator
+
+    @property
     def owner(self) -> str:
         """This executor's lease owner name, `host:pid:token`."""
         return self._owner
@@ -586,9 +591,10 @@ class SagaExecutor:
             )
         return await self._drive(await self._take_over(saga, existing))
 
-    async def recover(self, limit: int | None = 100, *, failed: bool = True) -> list[SagaResult]:
+    async def recover(self, limit: int | None = 100, *, failed: bool = False) -> list[SagaResult]:
         """Take over the in-progress sagas whose owner's lease expired and finish them; with
-        `failed` (the default), also resume compensating the `FAILED` ones (as `retry` does).
+        `failed=True`, also resume compensating the `FAILED` ones (as `retry` does; one that fails
+        again is dead-lettered again, so that is for after the compensation was fixed).
 
         A `RUNNING` saga re-runs its in-flight step (same idempotency key) and goes on; a
         `COMPENSATING` one goes on compensating. Sagas of a name not registered here are left for

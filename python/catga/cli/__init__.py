@@ -1,5 +1,5 @@
 """The `catga` command line: `catga demo`, `catga id parse ID`, `catga worker MODULE:ATTRIBUTE`,
-`catga saga list|show|recover|retry`.
+`catga saga list|show|recover|retry`, `catga events read|tail|stats`.
 
 Every command has `--help`; a failure prints one line on stderr (`catga: error: ...`) and exits with
 status 1. The CLI is argparse; `rich` (the `cli` extra) is for commands that draw progress bars or
@@ -47,7 +47,7 @@ def _version_line() -> str:
 
 
 def _build_parser() -> Parser:
-    from catga.cli import _demo, _id, _saga, _worker
+    from catga.cli import _demo, _events, _id, _saga, _worker
 
     parser = Parser(
         prog="catga",
@@ -56,6 +56,7 @@ def _build_parser() -> Parser:
     parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
     _demo.add_parser(commands)
+    _events.add_parser(commands)
     _id.add_parser(commands)
     _saga.add_parser(commands)
     _worker.add_parser(commands)

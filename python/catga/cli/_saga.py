@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from catga._saga_state import encode_state
 from catga.cli._common import CliError, Subparsers
 
 __all__ = ["add_parser", "open_store"]
@@ -30,15 +31,20 @@ def add_parser(commands: Subparsers) -> None:
         "--status", choices=("running", "compensating", "completed", "compensated", "failed"), help="only these"
     )
     listing.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    listing.add_argument("--json", action="store_true", help="one JSON object per saga (the stored state)")
     listing.set_defaults(run=_list)
 
     show = actions.add_parser("show", help="one saga: its steps with timings, and its history")
     show.add_argument("saga_id", metavar="ID")
     _store_argument(show)
+    show.add_argument("--json", action="store_true", help="the stored state as JSON")
     show.set_defaults(run=_show)
 
     recover = actions.add_parser("recover", help="take over the sagas whose owner's lease expired, and finish them")
     _app_argument(recover)
+    recover.add_argument(
+        "--failed", action="store_true", help="also resume compensating FAILED sagas (once their compensation is fixed)"
+    )
     recover.set_defaults(run=_recover)
 
     retry = actions.add_parser("retry", help="resume compensating a FAILED saga")
@@ -53,6 +59,10 @@ def _store_argument(parser: argparse.ArgumentParser) -> None:
 
 def _app_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--app", required=True, metavar="MODULE:ATTRIBUTE", help="the application's catga.SagaExecutor")
+    parser.add_argument(
+        "--nats", metavar="URL", help="connect the executor's mediator to NATS (steps that send to other services)"
+    )
+    parser.add_argument("--service", help="the service name for `--nats` (default: the module)")
 
 
 def open_store(url: str) -> Any:
@@ -76,6 +86,10 @@ def _list(args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise CliError(f"`--limit` must be at least 1, got `{args.limit}`")
     states = asyncio.run(_with_store(args.store, lambda store: store.list(_status(args.status), args.limit)))
+    if args.json:
+        for state in states:
+            print(encode_state(state).decode())
+        return 0
     rows = [("ID", "SAGA", "STATUS", "STEP", "UPDATED")]
     rows += [(s.saga_id, s.name, str(s.status), s.step or "-", _time(s.updated_at)) for s in states]
     _print_table(rows)
@@ -86,11 +100,14 @@ def _show(args: argparse.Namespace) -> int:
     state = asyncio.run(_with_store(args.store, lambda store: store.get(args.saga_id)))
     if state is None:
         raise CliError(f"no saga `{args.saga_id}` in `{args.store}`")
+    if args.json:
+        print(encode_state(state).decode())
+        return 0
     print(f"saga {state.saga_id} ({state.name}): {state.status}, version {state.version}")
     if state.owner:
         print(f"owner {state.owner}, lease until {_epoch(state.lease_expires)}")
     if state.error:
-        print(f"error {state.error_type}: {state.error}")
+        print(f"error {state.error}")
     rows = [("STEP", "STATUS", "ATTEMPTS", "COMPENSATIONS", "STARTED", "TOOK")]
     for step in state.steps:
         took = "-"
@@ -117,8 +134,8 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _recover(args: argparse.Namespace) -> int:
-    executor = _load_executor(args.app)
-    results = asyncio.run(executor.recover())
+    executor = _load_executor(args)
+    results = asyncio.run(_started(executor, lambda: executor.recover(failed=args.failed)))
     for result in results:
         print(f"{result.saga_id}: {result.status}")
     print(f"recovered {len(results)} saga(s)")
@@ -126,19 +143,35 @@ def _recover(args: argparse.Namespace) -> int:
 
 
 def _retry(args: argparse.Namespace) -> int:
-    executor = _load_executor(args.app)
-    result = asyncio.run(executor.retry(args.saga_id))
+    executor = _load_executor(args)
+    result = asyncio.run(_started(executor, lambda: executor.retry(args.saga_id)))
     print(f"{result.saga_id}: {result.status}")
     return 0 if str(result.status) == "compensated" else 1
 
 
-def _load_executor(spec: str) -> Any:
+async def _started(executor: Any, action: Any) -> Any:
+    """Run `action` with the executor's mediator started (its transport connected, if any)."""
+    async with executor.mediator:
+        return await action()
+
+
+def _load_executor(args: argparse.Namespace) -> Any:
     import catga
     from catga.cli._worker import load_target
 
-    executor = load_target(spec)
+    executor = load_target(args.app)
     if not isinstance(executor, catga.SagaExecutor):
-        raise CliError(f"`{spec}` is not a `catga.SagaExecutor`, got `{executor!r}`")
+        raise CliError(f"`{args.app}` is not a `catga.SagaExecutor`, got `{executor!r}`")
+    if args.nats:
+        mediator = executor.mediator
+        if mediator.transport is not None:
+            raise CliError(f"`{args.app}` already has the transport `{mediator.transport!r}`: drop `--nats`")
+        try:
+            from catga.nats import NatsTransport
+        except ImportError as exc:
+            raise CliError(str(exc)) from exc
+        service = args.service or args.app.partition(":")[0].rpartition(".")[2]
+        mediator._attach_transport(NatsTransport(args.nats, service=service))
     return executor
 
 
