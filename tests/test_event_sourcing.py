@@ -21,6 +21,10 @@ class OrderPlaced(catga.Event, tag="tests.sourcing.placed"):
     total: int
 
 
+class Counted(catga.Event, tag="tests.sourcing.counted"):
+    tally_id: str
+
+
 class OrderShipped(catga.Event, tag="tests.sourcing.shipped"):
     order_id: str
 
@@ -410,3 +414,33 @@ async def test_a_failing_projection_keeps_its_checkpoint_before_the_batch() -> N
     with pytest.raises(RuntimeError, match="boom"):
         await runner.catch_up()
     assert await checkpoints.get(Fails.name) == 1
+
+
+async def test_every_stored_event_is_published_also_after_one_fails() -> None:
+    class Tally(catga.Aggregate):
+        count: int = 0
+
+        def add(self) -> None:
+            self.raise_event(Counted(tally_id=self.id))
+
+        @catga.applies(Counted)
+        def _counted(self, event: Counted) -> None:
+            self.count += 1
+
+    seen: list[int] = []
+    mediator = catga.Mediator()
+
+    @mediator.handler
+    async def tally_handler(event: Counted) -> None:
+        seen.append(event.message_id)
+        if len(seen) == 1:
+            raise RuntimeError("the first one fails")
+
+    repo = catga.AggregateRepository(Tally, catga.memory.MemoryEventStore(), mediator=mediator)
+    tally = await repo.load("t-1")
+    tally.add()
+    tally.add()
+    with pytest.raises(catga.PublishError):
+        await repo.save(tally)
+    assert len(seen) == 2  # the second was published all the same
+    assert tally.pending_events == []

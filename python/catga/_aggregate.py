@@ -282,11 +282,25 @@ class AggregateRepository(Generic[A]):
         aggregate._mark_saved(version)
         try:
             if self.mediator is not None:
-                for event in pending:
-                    outcome = self.mediator.publish(event)
-                    if inspect.isawaitable(outcome):
-                        await outcome
+                await self._publish(pending)
         finally:
             if self.snapshots is not None and version // self.snapshot_every > expected // self.snapshot_every:
                 await self.snapshots.save(aggregate.id, version, aggregate.snapshot())
         return version
+
+    async def _publish(self, events: Sequence[object]) -> None:
+        """Publish every stored event, also after one fails (they are stored: each must go out);
+        the failures are raised together afterwards, the first one alone when there is one."""
+        assert self.mediator is not None
+        failures: list[Exception] = []
+        for event in events:
+            try:
+                outcome = self.mediator.publish(event)
+                if inspect.isawaitable(outcome):
+                    await outcome
+            except Exception as exc:
+                failures.append(exc)
+        if len(failures) == 1:
+            raise failures[0]
+        if failures:
+            raise ExceptionGroup(f"`{len(failures)}` of `{len(events)}` events failed to publish", failures)
