@@ -74,6 +74,7 @@ PUBLIC = {
     "applies",
     "Projection",
     "ProjectionRunner",
+    "current_transaction",
     "StoredEvent",
     "upcaster",
 }

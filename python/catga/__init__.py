@@ -55,7 +55,7 @@ from catga._messages import (
     current_context,
     wire_name,
 )
-from catga._projection import Projection, ProjectionRunner
+from catga._projection import Projection, ProjectionRunner, current_transaction
 from catga._result import Result
 from catga._saga import Saga, SagaContext, SagaExecutor, SagaResult, SagaStep, send_step
 from catga._saga_state import SagaState, SagaStatus
@@ -114,6 +114,7 @@ __all__ = [
     "applies",
     "behaviors",
     "current_context",
+    "current_transaction",
     "memory",
     "new_id",
     "parse_id",
@@ -186,6 +187,7 @@ for _value in (
     ValidationError,
     applies,
     current_context,
+    current_transaction,
     send_step,
     upcaster,
     wire_name,

@@ -1,24 +1,49 @@
-"""Projections (issue 7): read models built from the global log, `Projection` and `ProjectionRunner`.
+"""Projections (issue 7): read models built from the global log, `Projection`, `ProjectionRunner`
+and `current_transaction`.
 
 Delivery is at least once: a projection's checkpoint is stored after each batch it handled, so a
 crash between handling and storing the checkpoint replays that batch (make handlers idempotent).
-Exactly once needs the read model and the checkpoint written in one transaction, which only a
-projection writing to the same PostgreSQL database as `catga.postgres.PostgresCheckpointStore` can
-do, by storing both in its own transaction.
+
+Exactly-once effect, when the checkpoint store can share a transaction: a store with
+`transaction()` (an async context manager yielding a connection inside a transaction) and
+`set_in(connection, name, position)`, as `catga.postgres.PostgresCheckpointStore` has, makes the
+runner handle each batch (each event, while `run()` follows the log) inside one such transaction
+and store the checkpoint on its connection. Handlers reach that connection through
+`catga.current_transaction()` (`None` outside a batch) and write the read model with it: a handler
+that raises, or a crash, rolls back both the batch's writes and its checkpoint, and the next run
+redoes the batch. Writes a handler makes elsewhere (another connection, memory, an API) are still
+at least once. `rebuild` runs `reset()` and the checkpoint's reset to 0 in one transaction too.
 """
 
 import asyncio
 import inspect
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextvars import ContextVar
 from typing import Any, ClassVar, Final
 
 from catga._aggregate import collect_appliers, find_applier
 from catga._event_records import StoredEvent
 from catga.stores._protocols import CheckpointStore, EventStore
 
-__all__ = ["Projection", "ProjectionRunner"]
+__all__ = ["Projection", "ProjectionRunner", "current_transaction"]
 
 _BATCH: Final = 100
+_TRANSACTION: Final[ContextVar[Any]] = ContextVar("catga_projection_transaction", default=None)
+
+
+def current_transaction() -> Any:
+    """The connection of the transaction a `ProjectionRunner` handles the current batch in, for the
+    projection's handlers to write their read model with (exactly-once effect: the batch's
+    checkpoint is stored in the same transaction); `None` outside a batch, or when the runner's
+    checkpoint store has no `transaction()` (such as `catga.memory.MemoryCheckpointStore`).
+
+    With `catga.postgres.PostgresCheckpointStore` it is an `asyncpg.Connection`.
+
+    >>> import catga
+    >>> catga.current_transaction() is None
+    True
+    """
+    return _TRANSACTION.get()
 
 
 class Projection:
@@ -88,7 +113,9 @@ class ProjectionRunner:
     `catch_up()` handles everything stored, in batches of `batch_size`, storing each projection's
     checkpoint after each batch; `run()` catches up, then follows new events until `stop()`;
     `rebuild(projection)` resets it and replays the whole log into it. A handler that raises stops
-    the runner with that error; its projection's checkpoint stays before the failing batch.
+    the runner with that error; its projection's checkpoint stays before the failing batch. When
+    `checkpoints` has `transaction()` (`catga.postgres.PostgresCheckpointStore`), each batch and its
+    checkpoint share one transaction, which handlers reach through `catga.current_transaction()`.
 
     >>> import asyncio, catga
     >>> class Seen(catga.Event, tag="docs.runner.seen"):
@@ -140,16 +167,37 @@ class ProjectionRunner:
     def __repr__(self) -> str:
         return f"<ProjectionRunner projections={[p.name for p in self.projections]!r}>"
 
+    async def _in_transaction(self, work: Callable[[], Awaitable[None]], name: str, position: int) -> None:
+        """Run `work`, then store `name`'s checkpoint at `position`: in one transaction when the
+        checkpoint store has `transaction()` (its connection is `current_transaction()` meanwhile)."""
+        transaction = getattr(self.checkpoints, "transaction", None)
+        if transaction is None:
+            await work()
+            await self.checkpoints.set(name, position)
+            return
+        async with transaction() as connection:
+            token = _TRANSACTION.set(connection)
+            try:
+                await work()
+            finally:
+                _TRANSACTION.reset(token)
+            await self.checkpoints.set_in(connection, name, position)  # type: ignore[attr-defined]
+
+    async def _handle(self, projection: Projection, events: Sequence[StoredEvent]) -> None:
+        async def work() -> None:
+            for stored in events:
+                await projection.handle(stored)
+
+        await self._in_transaction(work, projection.name, events[-1].position)
+
     async def _catch_up_one(self, projection: Projection) -> int:
         position = await self.checkpoints.get(projection.name)
         while True:
             batch = await self.store.read_all(position + 1, limit=self.batch_size)
             if not batch:
                 break
-            for stored in batch:
-                await projection.handle(stored)
+            await self._handle(projection, batch)
             position = batch[-1].position
-            await self.checkpoints.set(projection.name, position)
             if len(batch) < self.batch_size:
                 break
         self._positions[projection.name] = position
@@ -165,8 +213,7 @@ class ProjectionRunner:
         """Reset `projection`, forget its checkpoint and replay the whole log into it; the position reached."""
         if projection not in self.projections:
             raise ValueError(f"projection `{projection.name}` is not run by this runner")
-        await projection.reset()
-        await self.checkpoints.set(projection.name, 0)
+        await self._in_transaction(projection.reset, projection.name, 0)
         return await self._catch_up_one(projection)
 
     async def run(self) -> None:
@@ -183,8 +230,7 @@ class ProjectionRunner:
                     for projection in self.projections:
                         if self._positions.get(projection.name, 0) >= stored.position:
                             continue
-                        await projection.handle(stored)
-                        await self.checkpoints.set(projection.name, stored.position)
+                        await self._handle(projection, [stored])
                         self._positions[projection.name] = stored.position
                     if self._stopping:
                         break

@@ -2,6 +2,7 @@
 PostgreSQL."""
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any, Final, cast
@@ -295,7 +296,11 @@ class PostgresSnapshotStore(_TableStore):
 
 class PostgresCheckpointStore(_TableStore):
     """The `catga.stores.CheckpointStore` on PostgreSQL: one row per projection in `table` (`name`
-    primary key, `position`, `updated_at`). Call `await store.migrate()` first."""
+    primary key, `position`, `updated_at`). Call `await store.migrate()` first.
+
+    `transaction()` and `set_in(connection, name, position)` let a checkpoint share a transaction
+    with a read model in the same database: `catga.ProjectionRunner` uses them to handle each batch
+    and store its checkpoint in one transaction (see `catga.current_transaction`)."""
 
     __slots__ = ()
 
@@ -319,12 +324,54 @@ class PostgresCheckpointStore(_TableStore):
         position = await self._run("fetchval", f"read checkpoint `{name}`", sql, name)
         return 0 if position is None else int(position)
 
-    async def set(self, name: str, position: int) -> None:
-        """Record that `name` has handled everything up to `position`."""
+    def _set_sql(self, name: str, position: int) -> str:
         check_name(name)
         check_version("position", position)
-        sql = f"""
+        return f"""
             INSERT INTO {self.table} (name, position) VALUES ($1, $2)
             ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = now()
         """
+
+    async def set(self, name: str, position: int) -> None:
+        """Record that `name` has handled everything up to `position`."""
+        sql = self._set_sql(name, position)
         await self._run("execute", f"write checkpoint `{name}`", sql, name, position)
+
+    async def set_in(self, connection: Any, name: str, position: int) -> None:
+        """`set`, on `connection` (from `transaction()`): kept only if that transaction commits."""
+        sql = self._set_sql(name, position)
+        try:
+            await connection.execute(sql, name, position)
+        except asyncpg.UndefinedTableError as exc:
+            raise self._missing(exc) from exc
+        except PostgresError as exc:
+            self.fail(f"write checkpoint `{name}`", exc)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Any]:
+        """A pool connection inside a transaction, committed when the block ends and rolled back
+        when it raises (the block's error propagates unchanged). Failing to begin or commit raises
+        `catga.PersistenceError`."""
+        pool = await self.pool()
+        try:
+            connection = await pool.acquire()
+        except PostgresError as exc:
+            self.fail("acquire a connection", exc)
+        try:
+            transaction = connection.transaction()
+            try:
+                await transaction.start()
+            except PostgresError as exc:
+                self.fail("begin a transaction", exc)
+            try:
+                yield connection
+            except BaseException:
+                with contextlib.suppress(*PostgresError):
+                    await transaction.rollback()
+                raise
+            try:
+                await transaction.commit()
+            except PostgresError as exc:
+                self.fail("commit a transaction", exc)
+        finally:
+            await pool.release(connection)
