@@ -1,6 +1,7 @@
 """Argument checks and record helpers shared by the remote event stores (`catga.redis`,
 `catga.postgres`): what a caller may pass, and how metadata and timestamps are kept."""
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -57,6 +58,13 @@ def check_expected(expected_version: object) -> int | None:
     if expected_version < 0:
         raise ValueError(f"`expected_version` must be >= 0 or None, got `{expected_version!r}`")
     return expected_version
+
+
+def check_events(events: object) -> Sequence[object]:
+    """The events of an `append`: a sequence (a string or bytes is not one)."""
+    if isinstance(events, str | bytes) or not isinstance(events, Sequence):
+        raise TypeError(f"`events` must be a sequence of events, got `{events!r}`")
+    return events
 
 
 def check_version(name: str, value: object, *, optional: bool = False) -> int | None:

@@ -12,6 +12,7 @@ import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type informat
 from catga._errors import ConcurrencyConflict, PersistenceError
 from catga._event_records import StoredEvent, decode_event, encode_event
 from catga._event_store_checks import (
+    check_events,
     check_expected,
     check_limit,
     check_name,
@@ -161,8 +162,7 @@ class PostgresEventStore(_TableStore):
         """
         check_stream_id(stream_id)
         expected = check_expected(expected_version)
-        if isinstance(events, str | bytes) or not isinstance(events, Sequence):
-            raise TypeError(f"`events` must be a sequence of events, got `{events!r}`")
+        events = check_events(events)
         encoded = [encode_event(event) for event in events]
         meta = encode_metadata(metadata)
         if not encoded:

@@ -8,6 +8,7 @@ from typing import Any, Final, cast
 from catga._errors import ConcurrencyConflict, SerializationError
 from catga._event_records import StoredEvent, decode_event, encode_event
 from catga._event_store_checks import (
+    check_events,
     check_expected,
     check_limit,
     check_name,
@@ -169,8 +170,7 @@ class RedisEventStore(RedisStore):
         """
         check_stream_id(stream_id)
         expected = check_expected(expected_version)
-        if isinstance(events, str | bytes) or not isinstance(events, Sequence):
-            raise TypeError(f"`events` must be a sequence of events, got `{events!r}`")
+        events = check_events(events)
         args: list[Any] = ["" if expected is None else expected, f"{self.prefix}e:", stream_id]
         args.append(encode_metadata(metadata))
         for event in events:
