@@ -125,12 +125,12 @@ __all__ = [
 ]
 
 # Submodules reachable as `catga.<name>` after a plain `import catga`, and the extra (pip install
-# catga[<extra>]) each needs beyond the core dependencies, if any. A name whose module does not
-# exist yet raises AttributeError like any missing attribute. To come: "postgres": "postgres",
-# "compat": None. `asgi` has no dependencies of its own (`catga[server]` only adds uvicorn to run it).
+# catga[<extra>]) each needs beyond the core dependencies, if any. `asgi` has no dependencies of
+# its own (`catga[server]` only adds uvicorn to run it).
 _SUBMODULES: dict[str, str | None] = {
     "asgi": None,
     "behaviors": None,
+    "compat": None,
     "health": None,
     "memory": None,
     "nats": "nats",
