@@ -4,6 +4,8 @@
 # is `make test` with CATGA_REQUIRE_SERVICES=1; make passes that variable (like every variable of the
 # environment) to the tests unchanged. Extra arguments: `make test-python PYTEST_ARGS='-k cli'`,
 # `make bench BENCH_ARGS='-k send'` (and CATGA_BENCH_ROUNDS, see benches/test_mediator.py).
+# `make test` ends with `make package-check` (.ci/package-check: the release wheel and the sdist,
+# installed into a fresh venv from PyPI with the extras, then smoke-tested); it needs network access.
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -38,16 +40,19 @@ BENCH_FLAGS := --benchmark-enable --benchmark-disable-gc --benchmark-columns=med
 help: ## Show this help
 	@echo "usage: make TARGET"
 	@echo
-	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 $(PY):
 	@test -n "$(PYTHON)" || { echo "error: no python3.11 or python3 on PATH" >&2; exit 1; }
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), f"catga needs CPython >= 3.11, found {sys.version.split()[0]}"'
 	$(PYTHON) -m venv $(VENV)
 
-# Runtime and dev dependencies, read from pyproject.toml; reinstalled only when it changes.
-$(DEPS_STAMP): pyproject.toml | $(PY)
-	$(PY) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["dev"]))' > $(VENV)/requirements-dev.txt
+# Runtime dependencies and the `dev` dependency group, read from pyproject.toml; reinstalled only
+# when it changes. pip >= 25.1 first: `maturin develop` installs dependency groups (PEP 735) with
+# `pip install --group`, which older pips (3.11's venv ships 23.x) do not know.
+$(DEPS_STAMP): pyproject.toml Makefile | $(PY)
+	$(PY) -m pip install --quiet --upgrade "pip>=25.1"
+	$(PY) -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb")); print("\n".join(p["project"]["dependencies"] + p["dependency-groups"]["dev"]))' > $(VENV)/requirements-dev.txt
 	$(PY) -m pip install --quiet -r $(VENV)/requirements-dev.txt
 	touch $@
 
@@ -102,10 +107,11 @@ services: ## Install nats-server, redis-server and postgresql from Debian when m
 	fi
 
 .PHONY: test
-test: services $(BUILD_STAMP) ## Rust tests, lint, then the Python suite on both cores
+test: services $(BUILD_STAMP) ## Rust tests, lint, the Python suite on both cores, then the package check
 	$(MAKE) test-rust
 	$(MAKE) lint
 	$(MAKE) test-python
+	$(MAKE) package-check
 
 .PHONY: test-rust
 test-rust: | $(PY) ## cargo test --workspace
@@ -118,6 +124,13 @@ test-python: $(BUILD_STAMP) ## pytest, once on the native core and once on the p
 	CATGA_PURE_PYTHON=1 $(PYTEST) $(PYTEST_ARGS)
 	@# The benches once each, untimed (~1 s), so that they cannot break unnoticed.
 	CATGA_BENCH_ROUNDS=3 $(PYTEST) benches -q --benchmark-disable
+
+# The release wheel and the sdist built into a temp dir, the wheel installed with its extras into a
+# fresh venv (from PyPI) and smoke-tested outside the repository; ~15 s once the extension is built
+# (the wheel reuses the release build of `make build`). Options: see the script's header.
+.PHONY: package-check
+package-check: $(DEPS_STAMP) ## Build the wheel and sdist, install the wheel into a fresh venv, smoke-test it
+	CATGA_VENV=$(abspath $(VENV)) .ci/package-check
 
 .PHONY: lint
 lint: $(BUILD_STAMP) ## cargo fmt/clippy, ruff, mypy (strict) and stubtest
