@@ -40,7 +40,9 @@ SCENARIOS = (
 )
 # Scenarios timed without an event loop (their empty batch is a plain `for`).
 SYNC_SCENARIOS = frozenset({"new_id", "try_acquire", "store-8-threads"})
-CASES = ("floor", "dict", "catga-pure", "catga-rust", "faststream")
+# The other Python mediators of benches/test_peers.py (catga's mediatr drop-in is not one of them).
+PEER_CASES = ("mediatr", "python-cqrs", "kerux", "diator")
+CASES = ("floor", "dict", "catga-pure", "catga-rust", "compat-mediatr", *PEER_CASES, "faststream")
 FLOOR_TEXT = {
     "send": "`await handler(req)`",
     "send-3-behaviours": "the same 3 behaviours + handler composed once, awaited directly",
@@ -116,7 +118,7 @@ def write_summary(terminalreporter: pytest.TerminalReporter) -> None:
     write = terminalreporter.write_line
     terminalreporter.section("catga: median ns per operation, against the floor measured alongside")
     header = (
-        f"{'scenario':<23} {'case':<11} {'ns/op':>7} {'floor':>7} {'x floor':>7} {'overhead':>9}  {'target':<30} result"
+        f"{'scenario':<23} {'case':<14} {'ns/op':>7} {'floor':>7} {'x floor':>7} {'overhead':>9}  {'target':<30} result"
     )
     write(header)
     write("-" * len(header))
@@ -131,7 +133,7 @@ def write_summary(terminalreporter: pytest.TerminalReporter) -> None:
             target = TARGETS.get((scenario, case))
             verdict = "" if target is None else "met" if target.met(m) else "MISSED"
             write(
-                f"{scenario:<23} {case:<11} {ns:>7.1f} {floor:>7.1f} {ns / floor:>7.2f} {ns - floor:>+9.1f}  "
+                f"{scenario:<23} {case:<14} {ns:>7.1f} {floor:>7.1f} {ns / floor:>7.2f} {ns - floor:>+9.1f}  "
                 f"{target.text if target else '':<30} {verdict}"
             )
         pure, rust = by_key.get((scenario, "catga-pure")), by_key.get((scenario, "catga-rust"))
@@ -140,6 +142,11 @@ def write_summary(terminalreporter: pytest.TerminalReporter) -> None:
             rust_overhead = rust.net() - rust.net("floor")
             if rust_overhead > 0:
                 write(f"{'':<23} catga-rust adds {pure_overhead / rust_overhead:.1f} x less than catga-pure")
+        peers = [by_key[scenario, case] for case in PEER_CASES if (scenario, case) in by_key]
+        if rust is not None and peers and rust.net() > 0:
+            fastest = min(peers, key=lambda m: m.net())
+            speedup = fastest.net() / rust.net()
+            write(f"{'':<23} catga-rust is {speedup:.1f} x faster than the fastest peer, {fastest.case}")
         write("")
     loops = [m.references["loop"] for m in RESULTS]
     write(f"ns/op and floor are net of the empty batch's own cost ({min(loops):.1f}-{max(loops):.1f} ns/op).")

@@ -1,22 +1,20 @@
 """The mediator's cost against the floor, a direct await of the handler, measured in the same run.
 
 Scenarios: send with no behaviours, send through 3 user behaviours, publish to 3 handlers, and
-`new_id()`. Cases: the floor, the dict-dispatch reference (benches/dict_dispatch.py), and catga on
-each core, both cores in this process. A round runs a batch of `N` operations inside one coroutine
-on one persistent event loop, so pytest-benchmark's times per round in microseconds read as ns per
-operation. Batches are unrolled 10 times so the `for` costs little; before every round the empty
-batch and the floors run too, and conftest.py prints the table of ratios and targets at the end
-(see _report.py).
+`new_id()`. Cases: the floor, the dict-dispatch reference (catga/_bench/_reference.py), and catga
+on each core, both cores in this process (catga/_bench/_cores.py). A round runs a batch of `N`
+operations inside one coroutine on one persistent event loop, so pytest-benchmark's times per
+round in microseconds read as ns per operation. Batches are unrolled 10 times so the `for` costs
+little; before every round the empty batch and the floors run too, and conftest.py prints the
+table of ratios and targets at the end (see _report.py). benches/test_peers.py adds the peers.
 
 Run with `make bench` (`BENCH_ARGS='-k publish'` to pick). Rounds: `CATGA_BENCH_ROUNDS` (default 300).
 """
 
 import asyncio
 import importlib
-import importlib.util
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterator
 from types import ModuleType
@@ -26,9 +24,9 @@ import pytest
 
 import catga
 from _report import SYNC_SCENARIOS, Measurement
-from catga import _core as catga_core
-from catga import _mediator as mediator_module
-from dict_dispatch import DictMediator, compose
+from catga._bench._cores import mediator_class
+from catga._bench._reference import DictMediator, compose
+from catga._bench._scenarios import Ping, Pinged, add_one, handle_ping
 
 N = 1000  # operations per round
 UNROLL = 10  # operations per loop iteration
@@ -42,22 +40,9 @@ Batch = Callable[[], object]
 
 
 # ----------------------------------------------------------------------------- messages, handlers
-
-
-class Ping(catga.Command[int]):
-    pass
-
-
-class Pinged(catga.Event):
-    pass
-
-
-async def handle_ping(req: Ping) -> int:
-    return 42
-
-
-async def add_one(message: Any, call_next: Callable[[Any], Any]) -> Any:
-    return (await call_next(message)) + 1
+#
+# `Ping`, `Pinged`, `handle_ping` and `add_one` are `catga bench`'s (catga/_bench/_scenarios.py), so
+# both measure the same thing.
 
 
 class Counter:
@@ -164,43 +149,6 @@ def core_module(case: str) -> ModuleType:
 def catga_mediator(case: str, config: "catga.Config | None" = None) -> Any:
     """A mediator on the core of `case`, with no built-in behaviours unless `config` says."""
     return mediator_class(core_module(case))(config=config or catga.Config.minimal())
-
-
-def mediator_class(core: ModuleType) -> type:
-    """`catga.Mediator` built on the `Dispatcher` of `core`, so both cores run in one process.
-
-    `catga.Mediator` subclasses the core chosen at import. For the other one, `catga/_mediator.py`
-    is loaded a second time while `catga._core` names that core: every module of catga imports
-    core names only from `catga._core` (docs/internals.md), so the copy is the same Mediator on the
-    other dispatcher. (Its `CURRENT_MESSAGE` is the other core's, which these benches never read.)
-    """
-    if core.Dispatcher is catga_core.Dispatcher:
-        return catga.Mediator
-    cached = _MEDIATORS.get(core.__name__)
-    if cached is not None:
-        return cached
-    shim = ModuleType("catga._core")
-    shim.__dict__.update(vars(catga_core))
-    shim.__dict__.update({name: getattr(core, name) for name in ("CURRENT_MESSAGE", "Dispatcher")})
-    shim.PURE_PYTHON = core.__name__ == "catga._pure"  # type: ignore[attr-defined]
-    name = f"catga._mediator_on_{core.__name__.rpartition('.')[2]}"
-    spec = importlib.util.spec_from_file_location(name, mediator_module.__file__)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    saved = sys.modules["catga._core"]
-    sys.modules["catga._core"] = shim
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.modules["catga._core"] = saved
-    mediator: type = module.Mediator
-    assert issubclass(mediator, core.Dispatcher)
-    _MEDIATORS[core.__name__] = mediator
-    return mediator
-
-
-_MEDIATORS: dict[str, type] = {}
 
 
 # -------------------------------------------------------------------------------------- the cases

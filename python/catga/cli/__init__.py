@@ -1,9 +1,10 @@
-"""The `catga` command line: `catga demo`, `catga id parse ID`, `catga worker MODULE:ATTRIBUTE`,
-`catga saga list|show|recover|retry`, `catga events read|tail|stats`.
+"""The `catga` command line: `catga demo`, `catga bench`, `catga id parse ID`,
+`catga worker MODULE:ATTRIBUTE`, `catga saga list|show|recover|retry`, `catga events read|tail|stats`.
 
 Every command has `--help`; a failure prints one line on stderr (`catga: error: ...`) and exits with
 status 1. The CLI is argparse; `rich` (the `cli` extra) is for commands that draw progress bars or
-tables, and none of today's (`demo`, `id`) needs it.
+tables: `catga bench` needs it for its tables (not with `--json`), `catga events read` draws its
+progress bar only when it is installed.
 """
 
 import argparse
@@ -47,7 +48,7 @@ def _version_line() -> str:
 
 
 def _build_parser() -> Parser:
-    from catga.cli import _demo, _events, _id, _saga, _worker
+    from catga.cli import _bench, _demo, _events, _id, _saga, _worker
 
     parser = Parser(
         prog="catga",
@@ -55,6 +56,7 @@ def _build_parser() -> Parser:
     )
     parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
+    _bench.add_parser(commands)
     _demo.add_parser(commands)
     _events.add_parser(commands)
     _id.add_parser(commands)
