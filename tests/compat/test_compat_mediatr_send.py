@@ -487,3 +487,21 @@ async def test_a_subclass_request_does_not_reach_its_bases_handler() -> None:
     Mediator.register_handler(get_items)
     with pytest.raises(HandlerNotFoundError):
         await Mediator().send_async(GetMoreItems(1))
+
+
+async def test_a_mock_request_uses_the_manager_of_its_mediator() -> None:
+    class Handler:
+        def __init__(self, source: str = "class") -> None:
+            self.source = source
+
+        def handle(self, request: GetItems) -> str:
+            return self.source
+
+    Mediator.register_handler(Handler)
+    mediator = Mediator(lambda cls, is_behavior=False: cls("own"))
+    request = mock.Mock(spec=GetItems)
+    assert await mediator.send_async(request) == "own"
+    assert mediator.send(request) == "own"
+    assert await Mediator().send_async(request) == "class"
+    with pytest.raises(HandlerNotFoundError):
+        await mediator.send_async(mock.Mock(spec=Unknown))

@@ -1,8 +1,9 @@
 """A drop-in for the `mediatr` package (1.3.2): `from catga.compat import mediatr`.
 
-Same names, same registries, same behaviour (docs/migrating.md lists the two places where it
-differs, both where mediatr raises); requests go through catga's core. Beyond mediatr:
-`register_event_handler` / `@Mediator.event_handler` and `publish_async` / `publish`.
+Same names, same registries, same behaviour (docs/migrating.md lists the three differences: two
+where mediatr fails, one for a list changed behind the registry's back); requests go through
+catga's core. Beyond mediatr: `register_event_handler` / `@Mediator.event_handler` and
+`publish_async` / `publish`.
 
 >>> import asyncio
 >>> from catga.compat import mediatr

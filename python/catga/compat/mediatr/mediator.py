@@ -14,12 +14,16 @@ Deliberate differences, each where mediatr fails:
 - `send_async(req)` of a request that is `== None` without being `None` is sent (mediatr's check
   is `request == None`).
 
+And one that comes with watching the registries: a plain list stored in `__behaviors__` is stored
+as a watched copy, so changing the original list object afterwards does not reach the registry.
+
 Beyond mediatr: `register_event_handler` / `@Mediator.event_handler`, `publish_async` and
 `publish` (docs/migrating.md).
 """
 
 import inspect
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, Generic, TypeVar, overload
 
 from catga import _core
@@ -150,7 +154,7 @@ class _RequestRoutes(_core.Dispatcher):
         if not handler:
             # Kept in the table like any route (dropped on the next registration): an unknown
             # type costs a lookup, not a compile, every time.
-            return (False, ((_not_found_async, True, False),))
+            return (False, ((partial(_not_found, self), True, False),))
         target = async_target(handler, _matching(__behaviors__, request_type), self.owner)
         return (False, ((target, True, False),))
 
@@ -159,7 +163,7 @@ class _RequestRoutes(_core.Dispatcher):
         if chain is None:
             handler = _find_handler(request_type)
             if not handler:
-                return _not_found_sync
+                return _raise_not_found
             chain = sync_target(handler, _matching(__behaviors__, request_type), self.owner)
             self.sync[request_type] = chain
         return chain
@@ -192,26 +196,20 @@ class _EventRoutes(_core.Dispatcher):
         return (True, tuple((async_target(handler, behaviors, self.owner), True, False) for handler in handlers))
 
 
-async def _not_found_async(request: Any) -> Any:
-    if request.__class__ is not type(request):
-        # A proxy (`unittest.mock.Mock(spec=Query)`): mediatr looks up `request.__class__`.
-        return await _send_by_class(request)
-    raise HandlerNotFoundError(request)
-
-
-def _not_found_sync(request: Any) -> Any:
-    if request.__class__ is not type(request):
-        return _SHARED.sync_chain(request.__class__)(request)
-    raise HandlerNotFoundError(request)
-
-
-async def _send_by_class(request: Any) -> Any:
+async def _not_found(routes: _RequestRoutes, request: Any) -> Any:
     request_type = request.__class__
-    handler = _find_handler(request_type)
-    if not handler:
-        raise HandlerNotFoundError(request)
-    result = async_target(handler, _matching(__behaviors__, request_type), Mediator)(request)
-    return (await result) if inspect.isawaitable(result) else result
+    if request_type is not type(request):
+        # A proxy (`unittest.mock.Mock(spec=Query)`): mediatr looks up `request.__class__`, and
+        # so does this slow path (the core's table is keyed by the type).
+        handler = _find_handler(request_type)
+        if handler:
+            result = async_target(handler, _matching(__behaviors__, request_type), routes.owner)(request)
+            return (await result) if inspect.isawaitable(result) else result
+    raise HandlerNotFoundError(request)
+
+
+def _raise_not_found(request: Any) -> Any:
+    raise HandlerNotFoundError(request)
 
 
 async def _raise(error: BaseException) -> Any:
@@ -296,7 +294,8 @@ class Mediator:
         Also `Mediator.send(request)` on the class.
         """
         routes, request = _resolve(self, request)
-        return routes.sync_chain(type(request))(request)
+        # `__class__`, not `type()`, as mediatr: a `Mock(spec=Query)` reaches Query's handler.
+        return routes.sync_chain(request.__class__)(request)
 
     def publish_async(self: Any, event: Any = None) -> Awaitable[None]:
         """Run every handler of `event` (not in mediatr), in registration order, each through the
@@ -306,10 +305,17 @@ class Mediator:
         `catga.PublishError` (an `ExceptionGroup`). No handler: nothing happens.
         Also `Mediator.publish_async(event)` on the class.
         """
-        try:
-            routes, event = _resolve(self, event)
-        except InvalidRequest as exc:
-            return _raise(exc)
+        # NOTE: `_resolve` inlined, as in `send_async`: publish is a hot path too.
+        routes: _RequestRoutes | None
+        if event:
+            routes = self._catga_routes
+            if routes is None:  # a subclass that overrides `handler_class_manager`
+                routes = self._routes()
+        else:
+            event = self
+            routes = _SHARED
+            if event is None:
+                return _raise(InvalidRequest())
         return routes.events.publish(event)
 
     def publish(self: Any, event: Any = None) -> None:
