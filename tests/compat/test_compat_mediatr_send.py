@@ -48,6 +48,16 @@ def trace(name: str) -> Any:
     return behavior
 
 
+class SourceHandler:
+    """A class handler that answers where its manager built it (`"class"` by default)."""
+
+    def __init__(self, source: str = "class") -> None:
+        self.source = source
+
+    def handle(self, request: GetItems) -> str:
+        return self.source
+
+
 def test_requests_go_through_catgas_core() -> None:
     routes = Mediator._catga_routes
     assert isinstance(routes, _core.Dispatcher)
@@ -231,14 +241,7 @@ async def test_the_manager_is_read_when_each_request_is_handled() -> None:
 
 
 async def test_a_manager_set_on_the_class_reaches_every_mediator(monkeypatch: pytest.MonkeyPatch) -> None:
-    class Handler:
-        def __init__(self, source: str = "class") -> None:
-            self.source = source
-
-        def handle(self, request: GetItems) -> str:
-            return self.source
-
-    Mediator.register_handler(Handler)
+    Mediator.register_handler(SourceHandler)
     monkeypatch.setattr(Mediator, "handler_class_manager", staticmethod(lambda cls, is_behavior=False: cls("patched")))
     assert await Mediator().send_async(GetItems(0)) == "patched"
     assert Mediator.send(GetItems(0)) == "patched"
@@ -490,14 +493,7 @@ async def test_a_subclass_request_does_not_reach_its_bases_handler() -> None:
 
 
 async def test_a_mock_request_uses_the_manager_of_its_mediator() -> None:
-    class Handler:
-        def __init__(self, source: str = "class") -> None:
-            self.source = source
-
-        def handle(self, request: GetItems) -> str:
-            return self.source
-
-    Mediator.register_handler(Handler)
+    Mediator.register_handler(SourceHandler)
     mediator = Mediator(lambda cls, is_behavior=False: cls("own"))
     request = mock.Mock(spec=GetItems)
     assert await mediator.send_async(request) == "own"
