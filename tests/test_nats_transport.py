@@ -516,8 +516,8 @@ async def test_request_in_flight_fails_when_the_connection_drops(
 ) -> None:
     server = await started(f"svc-{unique}")
     # The first request is answered only after the test: nothing but the lost connection can end
-    # it, however long the server takes to shut down (a graceful JetStream shutdown on a loaded
-    # machine once outlasted a 0.5 s handler, and its reply arrived).
+    # it, however long the server takes to shut down (with a 0.5 s handler, a slow graceful
+    # JetStream shutdown could let the reply through: the suspected cause of one failure).
     release = asyncio.Event()
 
     async def slow(envelope: Envelope) -> Envelope:
