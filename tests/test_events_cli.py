@@ -107,7 +107,7 @@ def test_bad_arguments_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -
     assert main(["events", "read", "s", "--store", "memory://"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1
-    assert "`--store` must be a `redis://` or `postgresql://` URL" in err
+    assert "`--store` must be a `redis://`, `rediss://`, `unix://` or `postgresql://` URL" in err
     assert main(["events", "read", "s", "--store", "redis://127.0.0.1:1/0", "--from", "0"]) == 1
     assert "`--from` must be at least 1" in capsys.readouterr().err
     assert main(["events", "read", "s", "--store", "redis://127.0.0.1:1/0", "--import", "no_such_module_x"]) == 1

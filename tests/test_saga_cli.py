@@ -80,7 +80,10 @@ async def test_list_show_and_retry_a_failed_saga(redis_url: str, capsys: pytest.
 
 def test_bad_store_urls_and_unknown_sagas(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["saga", "list", "--store", "mysql://x"]) == 1
-    assert "`--store` must be a `redis://` or `postgresql://` URL, got `mysql://x`" in capsys.readouterr().err
+    assert (
+        "`--store` must be a `redis://`, `rediss://`, `unix://` or `postgresql://` URL, got `mysql://x`"
+        in capsys.readouterr().err
+    )
     assert main(["saga", "show", "nope", "--store", redis_url]) == 1
     assert f"no saga `nope` in `{redis_url}`" in capsys.readouterr().err
     assert main(["saga", "recover", "--app", "saga_cli_app:saga"]) == 1

@@ -1,10 +1,11 @@
 """The `catga` command line: `catga demo`, `catga bench`, `catga id parse ID`,
-`catga worker MODULE:ATTRIBUTE`, `catga saga list|show|recover|retry`, `catga events read|tail|stats`.
+`catga worker MODULE:ATTRIBUTE`, `catga saga list|show|recover|retry`, `catga events read|tail|stats`,
+`catga dlq list|show|retry|delete|purge`.
 
 Every command has `--help`; a failure prints one line on stderr (`catga: error: ...`) and exits with
 status 1. The CLI is argparse; `rich` (the `cli` extra) is for commands that draw progress bars or
-tables: `catga bench` needs it for its tables (not with `--json`), `catga events read` draws its
-progress bar only when it is installed.
+tables: `catga bench` needs it for its tables (not with `--json`), `catga events read` and
+`catga dlq retry --all` draw their progress bars only when it is installed.
 """
 
 import argparse
@@ -48,7 +49,7 @@ def _version_line() -> str:
 
 
 def _build_parser() -> Parser:
-    from catga.cli import _bench, _demo, _events, _id, _saga, _worker
+    from catga.cli import _bench, _demo, _dlq, _events, _id, _saga, _worker
 
     parser = Parser(
         prog="catga",
@@ -58,6 +59,7 @@ def _build_parser() -> Parser:
     commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
     _bench.add_parser(commands)
     _demo.add_parser(commands)
+    _dlq.add_parser(commands)
     _events.add_parser(commands)
     _id.add_parser(commands)
     _saga.add_parser(commands)

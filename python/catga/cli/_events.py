@@ -26,7 +26,7 @@ from typing import Any, Final
 
 import msgspec
 
-from catga.cli._common import CliError, Subparsers
+from catga.cli._common import CliError, Subparsers, open_store_url
 
 __all__ = ["add_parser", "open_event_store"]
 
@@ -90,20 +90,8 @@ def _import_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def open_event_store(url: str) -> Any:
-    """The event store a URL names: `redis://` (or `rediss://`, `unix://`) or `postgresql://`."""
-    scheme = url.partition("://")[0].lower()
-    try:
-        if scheme in ("redis", "rediss", "unix"):
-            from catga.redis import RedisEventStore
-
-            return RedisEventStore(url)
-        if scheme in ("postgresql", "postgres"):
-            from catga.postgres import PostgresEventStore
-
-            return PostgresEventStore(url)
-    except ImportError as exc:
-        raise CliError(str(exc)) from exc
-    raise CliError(f"`--store` must be a `redis://` or `postgresql://` URL, got `{url}`")
+    """The event store a URL names: `redis://` (`rediss://`, `unix://`) or `postgresql://` (`postgres://`)."""
+    return open_store_url(url, redis="RedisEventStore", postgres="PostgresEventStore")
 
 
 def _import_modules(names: list[str]) -> None:

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from catga._saga_state import encode_state
-from catga.cli._common import CliError, Subparsers
+from catga.cli._common import CliError, Subparsers, open_store_url
 
 __all__ = ["add_parser", "open_store"]
 
@@ -66,20 +66,8 @@ def _app_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def open_store(url: str) -> Any:
-    """The saga store a URL names: `redis://` (or `rediss://`) or `postgresql://` (`postgres://`)."""
-    scheme = url.partition("://")[0].lower()
-    try:
-        if scheme in ("redis", "rediss", "unix"):
-            from catga.redis import RedisSagaStore
-
-            return RedisSagaStore(url)
-        if scheme in ("postgresql", "postgres"):
-            from catga.postgres import PostgresSagaStore
-
-            return PostgresSagaStore(url)
-    except ImportError as exc:
-        raise CliError(str(exc)) from exc
-    raise CliError(f"`--store` must be a `redis://` or `postgresql://` URL, got `{url}`")
+    """The saga store a URL names: `redis://` (`rediss://`, `unix://`) or `postgresql://` (`postgres://`)."""
+    return open_store_url(url, redis="RedisSagaStore", postgres="PostgresSagaStore")
 
 
 def _list(args: argparse.Namespace) -> int:
