@@ -155,3 +155,82 @@ async def test_sending_before_start_is_a_transport_error(bus: InProcessTransport
     with pytest.raises(catga.TransportError):
         await orders.send(Refund("o1"))
     assert orders.transport is bus
+
+
+async def test_a_dead_letter_retried_from_another_service_is_recorded_once(bus: InProcessTransport) -> None:
+    from catga.behaviors import DeadLetter, Retry
+    from catga.memory import MemoryDeadLetterStore
+
+    fixed = False
+    # The serving side retries three times and keeps its own dead letters.
+    served_letters = MemoryDeadLetterStore()
+    payments = catga.Mediator(
+        config=Config.default().with_(
+            retry=Retry(max_attempts=3, base_delay=0.001, jitter=0.0, retry_on=(RuntimeError,)),
+            dead_letter=DeadLetter(store=served_letters),
+        ),
+        transport=bus,
+    )
+
+    @payments.handler
+    async def charge(cmd: Charge) -> int:
+        if not fixed:
+            raise RuntimeError(f"the bank is down for `{cmd.order_id}`")
+        return cmd.amount
+
+    # The caller's dead letters (a DeadLetter behaviour, no Retry): the first failure lands here.
+    caller_letters = MemoryDeadLetterStore()
+    orders = catga.Mediator(config=Config.minimal().with_(dead_letter=DeadLetter(store=caller_letters)), transport=bus)
+    async with payments, orders:
+        with pytest.raises(catga.HandlerFailed, match="the bank is down for `o1`"):  # a foreign error crossed
+            await orders.send(Charge("o1", 5))
+        [record] = await orders.dead_letters.list()
+        assert record.attempts == 1  # one remote call, as this mediator counts it
+        assert len(await served_letters.list()) == 1  # the service's own record of its 3 attempts
+        await served_letters.purge()
+
+        result = await orders.dead_letters.retry(record.id)
+        assert not result.ok
+        [kept] = await orders.dead_letters.list()
+        assert kept.id == record.id
+        assert kept.attempts == 2  # this mediator's DeadLetter counts its own (one more call)
+        assert await served_letters.list() == []  # a redelivery: not recorded a second time there
+
+        fixed = True
+        result = await orders.dead_letters.retry(record.id)
+        assert result.ok
+        assert result.value == 5
+        assert await orders.dead_letters.list() == []
+
+
+async def test_a_retry_without_a_local_dead_letter_behaviour_counts_the_services_attempts(
+    bus: InProcessTransport,
+) -> None:
+    from catga._dead_letters import REDELIVERY, Redelivery
+    from catga.behaviors import DeadLetter, Retry
+
+    payments = catga.Mediator(
+        config=Config.default().with_(
+            retry=Retry(max_attempts=3, base_delay=0.001, jitter=0.0, retry_on=(RuntimeError,)),
+            dead_letter=DeadLetter(),
+        ),
+        transport=bus,
+    )
+
+    @payments.handler
+    async def charge(cmd: Charge) -> int:
+        raise RuntimeError("the bank is down")
+
+    orders = catga.Mediator(config=Config.minimal(), transport=bus)
+    async with payments, orders:
+        message = Charge("o2", 1)
+        redelivery = Redelivery(message)
+        token = REDELIVERY.set(redelivery)
+        try:
+            result = await orders.send_result(message)
+        finally:
+            REDELIVERY.reset(token)
+        assert not result.ok
+        assert redelivery.attempts == 3  # from the reply's `catga-attempts`
+        assert isinstance(redelivery.error, catga.HandlerFailed)
+        assert await payments.dead_letters.list() == []

@@ -17,6 +17,11 @@ Faults: an envelope that does not decode (unknown wire name, wrong shape, too la
 with a `SerializationError` (requests) and kept as a dead letter with its raw body; the service goes
 on. An event whose handlers fail is raised back to the transport, which redelivers it (JetStream)
 until its final delivery (header `catga-final-delivery`), when it becomes a dead letter.
+
+`dead_letters.retry` of a request served elsewhere: the request carries `catga-redelivery: 1`, so
+the serving mediator's DeadLetter behaviour does not record the failure a second time (the caller
+keeps the record), and an error reply carries `catga-attempts` (the handler attempts its DeadLetter
+behaviour counted there), which the caller's record adds up.
 """
 
 import contextlib
@@ -46,10 +51,24 @@ from catga.transports import (
 if TYPE_CHECKING:
     from catga._mediator import Mediator
 
-__all__ = ["DELIVERY_HEADER", "FINAL_DELIVERY_HEADER", "ORIGIN_HEADER", "RECEIVED", "Remote"]
+__all__ = [
+    "ATTEMPTS_HEADER",
+    "DELIVERY_HEADER",
+    "FINAL_DELIVERY_HEADER",
+    "ORIGIN_HEADER",
+    "RECEIVED",
+    "REDELIVERY_HEADER",
+    "Remote",
+]
 
 ORIGIN_HEADER: Final = "catga-origin"
 """The service (or, without one, the mediator instance) that published an event."""
+
+REDELIVERY_HEADER: Final = "catga-redelivery"
+"""`"1"` on a request sent by `dead_letters.retry`: the serving side must not dead-letter it again."""
+
+ATTEMPTS_HEADER: Final = "catga-attempts"
+"""On the error reply to a redelivered request: the handler attempts the serving side counted."""
 
 RECEIVED: Final[ContextVar[object | None]] = ContextVar("catga_received", default=None)
 """The event being published because it arrived over the transport: not published out again."""
@@ -96,8 +115,23 @@ class Remote:
         decoded_as = response_type(message_type)
 
         async def send_remote(message: Any) -> Any:
-            reply = await self.transport.request(subject, self.codec.encode(message), timeout=self.request_timeout)
-            return self.codec.decode_reply(reply, decoded_as)
+            envelope = self.codec.encode(message)
+            redelivery = REDELIVERY.get()
+            if redelivery is None or redelivery.message is not message:
+                reply = await self.transport.request(subject, envelope, timeout=self.request_timeout)
+                return self.codec.decode_reply(reply, decoded_as)
+            # A `dead_letters.retry`: the record stays with the caller, not with the server.
+            envelope = Envelope({**envelope.headers, REDELIVERY_HEADER: "1"}, envelope.body)
+            reply = await self.transport.request(subject, envelope, timeout=self.request_timeout)
+            try:
+                return self.codec.decode_reply(reply, decoded_as)
+            except Exception as exc:
+                attempts = reply.headers.get(ATTEMPTS_HEADER, "")
+                if attempts.isdigit():
+                    # A DeadLetter layer of this mediator, if any, counts its own attempts after this.
+                    redelivery.attempts += int(attempts)
+                    redelivery.error = exc
+                raise
 
         send_remote.__qualname__ = f"remote[{subject}]"
         return send_remote
@@ -144,11 +178,19 @@ class Remote:
         except SerializationError as exc:
             await self._reject(envelope, exc)
             return self.codec.encode_reply(error=exc)
+        redelivery = Redelivery(message) if envelope.headers.get(REDELIVERY_HEADER) == "1" else None
+        token = None if redelivery is None else REDELIVERY.set(redelivery)
         try:
             with _remote_parent(envelope.headers):
                 value = await self.mediator.send(message)
         except Exception as exc:
-            return self.codec.encode_reply(error=exc)
+            reply = self.codec.encode_reply(error=exc)
+            if redelivery is not None and redelivery.attempts:
+                reply = Envelope({**reply.headers, ATTEMPTS_HEADER: str(redelivery.attempts)}, reply.body)
+            return reply
+        finally:
+            if token is not None:
+                REDELIVERY.reset(token)
         try:
             return self.codec.encode_reply(value=value)
         except SerializationError as exc:

@@ -18,9 +18,11 @@ and updated in `--store`; what re-sends it is one of:
 - `--nats URL`: a mediator with a `catga.nats.NatsTransport` and no handlers sends the request to
   the service that handles it (`--import` the modules defining the message classes), or publishes
   a whole event record again to every service. A record of one event handler can only be retried
-  with `--app`. The service runs its own pipeline: if it fails again its own DeadLetter behaviour
-  may record a new dead letter too; the record here counts one more attempt (none when the service
-  was not reached or rejected the message before its handler ran).
+  with `--app`. The service runs its own pipeline; the request says it is a redelivery, so the
+  service's DeadLetter behaviour does not record a failure a second time and reports the attempts
+  it counted, which the record here adds up (one when the service counted none; none when it was
+  not reached or rejected the message before its handler ran). A failing event published again is
+  a new dead letter of the service that fails it.
 
 `retry --all` retries every record (or those of one `--type`), oldest first, with a `rich`
 progress bar on stderr when stderr is a terminal. `purge` asks on a terminal unless `--yes`.
@@ -134,9 +136,9 @@ def _add_retry(actions: Subparsers) -> None:
             "        in turn and fails.\n"
             "--nats  a mediator without handlers sends a request to the service that handles it, or\n"
             "        publishes a whole event record again to every service (--import the message classes).\n"
-            "        The record of one event handler needs --app. A failure counts one more attempt\n"
-            "        (none when the service was not reached); the service's own DeadLetter behaviour may\n"
-            "        record it again."
+            "        The record of one event handler needs --app. A failed request adds the attempts the\n"
+            "        service counted (one if none; none when it was not reached) and is not recorded\n"
+            "        again by the service; a failing event published again becomes the service's own."
         ),
         "catga dlq retry 1234 --store redis://127.0.0.1:6379/0 --app shop.orders:mediator",
         "catga dlq retry 1234 --store redis://127.0.0.1:6379/0 --nats nats://127.0.0.1:4222 --import shop.messages",
