@@ -198,6 +198,7 @@ MODULES = [
     "catga._aggregate",
     "catga._projection",
     "catga.memory._events",
+    "catga.cli._common",
 ]
 
 

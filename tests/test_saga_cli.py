@@ -88,3 +88,11 @@ def test_bad_store_urls_and_unknown_sagas(redis_url: str, capsys: pytest.Capture
     assert f"no saga `nope` in `{redis_url}`" in capsys.readouterr().err
     assert main(["saga", "recover", "--app", "saga_cli_app:saga"]) == 1
     assert "is not a `catga.SagaExecutor`" in capsys.readouterr().err
+
+
+def test_a_password_in_the_store_url_is_not_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    # Nothing listens on port 1: the error names the server, never the password.
+    assert main(["saga", "show", "x", "--store", "redis://:s3cret@127.0.0.1:1/0"]) == 1
+    err = capsys.readouterr().err
+    assert "s3cret" not in err
+    assert err.startswith("catga: error: ")

@@ -3,9 +3,10 @@ from its `--store` URL."""
 
 import argparse
 import importlib
+import urllib.parse
 from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
-__all__ = ["CliError", "Parser", "Subparsers", "open_store_url"]
+__all__ = ["CliError", "Parser", "Subparsers", "open_store_url", "without_password"]
 
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
 _POSTGRES_SCHEMES = ("postgresql", "postgres")
@@ -50,3 +51,17 @@ def open_store_url(url: str, *, redis: str, postgres: str | None = None, **optio
     except ImportError as exc:  # the extra is missing: the message names it
         raise CliError(str(exc)) from exc
     return store_class(url, **options)
+
+
+def without_password(url: str) -> str:
+    """`url` as an error message may show it: the password, if any, replaced by `***`.
+
+    >>> without_password("redis://:secret@db:6379/0")
+    'redis://:***@db:6379/0'
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

@@ -26,7 +26,7 @@ from typing import Any, Final
 
 import msgspec
 
-from catga.cli._common import CliError, Subparsers, open_store_url
+from catga.cli._common import CliError, Subparsers, open_store_url, without_password
 
 __all__ = ["add_parser", "open_event_store"]
 
@@ -221,7 +221,8 @@ async def _follow(args: argparse.Namespace) -> None:
     store = open_event_store(args.store)
     try:
         first = args.first if args.first is not None else await _last_position(store) + 1
-        print(f"catga: following `{args.store}` from position {first} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        where = without_password(args.store)
+        print(f"catga: following `{where}` from position {first} (Ctrl-C to stop)", file=sys.stderr, flush=True)
         seen = 0
         async for event in _subscription(store, first):
             print(_line(event, as_json=args.json), flush=True)

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from catga._saga_state import encode_state
-from catga.cli._common import CliError, Subparsers, open_store_url
+from catga.cli._common import CliError, Subparsers, open_store_url, without_password
 
 __all__ = ["add_parser", "open_store"]
 
@@ -87,7 +87,7 @@ def _list(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     state = asyncio.run(_with_store(args.store, lambda store: store.get(args.saga_id)))
     if state is None:
-        raise CliError(f"no saga `{args.saga_id}` in `{args.store}`")
+        raise CliError(f"no saga `{args.saga_id}` in `{without_password(args.store)}`")
     if args.json:
         print(encode_state(state).decode())
         return 0
