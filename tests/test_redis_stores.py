@@ -518,6 +518,7 @@ def test_public_names() -> None:
         "RedisRateLimit",
         "RedisSagaStore",
         "RedisSnapshotStore",
+        "RedisWorkerIdLease",
     ]
     assert RedisIdempotencyStore.__module__ == "catga.redis"
     assert "redis" in dir(catga)

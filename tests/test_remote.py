@@ -234,3 +234,50 @@ async def test_a_retry_without_a_local_dead_letter_behaviour_counts_the_services
         assert redelivery.attempts == 3  # from the reply's `catga-attempts`
         assert isinstance(redelivery.error, catga.HandlerFailed)
         assert await payments.dead_letters.list() == []
+
+
+async def test_a_second_start_serves_nothing_twice(bus: InProcessTransport) -> None:
+    payments = catga.Mediator(config=quiet(), transport=bus)
+
+    @payments.handler
+    async def charge(cmd: Charge) -> int:
+        return cmd.amount
+
+    await payments.start()
+    assert payments._remote is not None
+    subscriptions = list(payments._remote._subscriptions)
+    await payments.start()
+    assert payments._remote._subscriptions == subscriptions
+    await payments.stop()
+    assert not payments.running
+
+
+async def test_a_failed_start_leaves_no_subscription_behind() -> None:
+    class Refusing(InProcessTransport):
+        async def subscribe(self, subject: str, handler: object, *, queue: str | None = None) -> object:
+            if subject.startswith("catga.evt."):
+                raise catga.TransportError(f"cannot subscribe to `{subject}`")
+            return await super().subscribe(subject, handler, queue=queue)  # type: ignore[arg-type]
+
+    bus = Refusing()
+    payments = catga.Mediator(config=quiet(), transport=bus)
+
+    @payments.handler
+    async def charge(cmd: Charge) -> int:
+        return cmd.amount
+
+    @payments.handler
+    async def charged(evt: Charged) -> None:
+        pass
+
+    with pytest.raises(catga.TransportError, match="cannot subscribe"):
+        await payments.start()
+    assert not payments.running
+    assert payments._remote is not None
+    assert payments._remote._subscriptions == []
+    # The request subscription made before the failure is gone: nobody serves `Charge`.
+    orders = catga.Mediator(config=quiet(), transport=bus)
+    async with orders:
+        result = await orders.send_result(Charge("o1", 1))
+    assert not result.ok
+    await bus.stop()

@@ -29,6 +29,7 @@ from catga._messages import Event, Message, Request, wire_name
 from catga._remote import Remote, served_types
 from catga._result import _FROM_CACHE, _NO_METADATA, Result
 from catga._result import _make as _make_result
+from catga._worker_lease import release_shared, worker_id_pinned
 from catga.behaviors import _hooks
 from catga.behaviors._chain import HandlerInfo, compose
 from catga.behaviors._hooks import BuiltinPlan, plan_builtins
@@ -136,6 +137,7 @@ class Mediator(Dispatcher):
         config: Config | None = None,
         publish: PublishStrategy = "sequential",
         transport: Transport | None = None,
+        lease_worker_id: bool = True,
     ) -> None:
         """Build a mediator.
 
@@ -144,7 +146,10 @@ class Mediator(Dispatcher):
         and turns only those that suspend into tasks. `transport`: a
         `catga.transports.Transport` (e.g. `catga.nats.NatsTransport`): requests with no handler
         here go to the service that has one, events also go to every other service, and `start()`
-        serves this mediator's handlers over it (API.md section 7).
+        serves this mediator's handlers over it (API.md section 7). `lease_worker_id`: whether
+        `start()` leases the process's worker id from the Redis store of `config`, if it has one
+        (API.md section 2; see `start`); `False` opts out (a `catga.nats.NatsTransport` has its own
+        `lease_worker_id`).
         """
         super().__init__()
         if config is None:
@@ -153,6 +158,8 @@ class Mediator(Dispatcher):
             raise TypeError(f"`config` must be a `catga.Config`, got `{config!r}`")
         if publish not in ("sequential", "concurrent"):
             raise ValueError(f"`publish` must be `sequential` or `concurrent`, got `{publish!r}`")
+        if not isinstance(lease_worker_id, bool):
+            raise TypeError(f"`lease_worker_id` must be a bool, got `{lease_worker_id!r}`")
         self._config: Final = config
         self._publish_strategy: Final = publish
         dead_letter = config.dead_letter
@@ -183,6 +190,8 @@ class Mediator(Dispatcher):
         self._behaviors: list[tuple[Behavior, type | None, bool]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._running = False
+        self._lease_worker_id: Final = lease_worker_id
+        self._leased = False  # holds a reference to the process's worker-id lease (`catga._worker_lease`)
         # Set last: `Remote` reads the mediator's registrations when it starts.
         self._remote = None if transport is None else Remote(self, transport)
         if publish == "concurrent":
@@ -785,10 +794,39 @@ class Mediator(Dispatcher):
         """Connect the transport (if any) and serve this mediator's handlers over it.
 
         In process only, a state flag (the health checks' "mediator started").
+
+        Worker id (API.md section 2): when `config` uses a Redis store (idempotency, cache,
+        dead letters or `RedisRateLimit`), `CATGA_WORKER_ID` is not set and `lease_worker_id` is on,
+        `start()` takes a reference to the process's worker-id lease: the one the process already
+        holds (a `NatsTransport`'s, or another mediator's), else a new one from that Redis
+        (`catga.redis.RedisWorkerIdLease`). `stop()` drops it; the last reference frees the id. When
+        no id is free, or Redis cannot be reached, `start()` raises `catga.PersistenceError` and
+        stops the transport it started.
         """
+        if self._running:
+            return  # already started: a second `start()` would serve every handler twice
         if self._remote is not None:
-            await self._remote.start()
+            await self._remote.start()  # a NatsTransport leases its worker id here (from NATS)
+        try:
+            await self._lease_worker_id_from_stores()
+        except BaseException:
+            if self._remote is not None and not self._running:
+                await self._remote.stop()  # nothing stays half-started
+            raise
         self._running = True
+
+    async def _lease_worker_id_from_stores(self) -> None:
+        """Take a reference to the process's worker-id lease if this mediator's stores are in Redis."""
+        if self._leased or not self._lease_worker_id or worker_id_pinned():
+            return
+        # Looked up, not imported: without `catga.redis` imported no store of the config is a Redis
+        # one, and a mediator must not need redis-py. It is loaded with `catga.redis`.
+        redis_ids = sys.modules.get("catga.redis._worker_id")
+        if redis_ids is None:
+            return
+        service = (self._remote.service if self._remote is not None else None) or ""
+        # Shares the lease the process holds (the transport's, taken just above), else leases from Redis.
+        self._leased = bool(await redis_ids.acquire_for_config(self._config, service=service))
 
     async def stop(self, timeout: float | None = 30.0) -> None:
         """Wait up to `timeout` seconds for the background tasks the mediator started (handlers of
@@ -804,8 +842,13 @@ class Mediator(Dispatcher):
                 task.cancel()
             if late:
                 await asyncio.wait(late)
-        if self._remote is not None:
-            await self._remote.stop()
+        try:
+            if self._remote is not None:
+                await self._remote.stop()
+        finally:
+            if self._leased:  # after the transport: ids made while draining still carry the leased id
+                self._leased = False
+                await release_shared()
         self._running = False
 
     async def __aenter__(self) -> Self:

@@ -152,15 +152,20 @@ class Remote:
     # ------------------------------------------------------------------------------- serving
 
     async def start(self) -> None:
-        """Connect, then subscribe to the requests and events this mediator has handlers for."""
+        """Connect, then subscribe to the requests and events this mediator has handlers for; on a
+        failure, undo what was done (no connection or subscription is left behind)."""
         await self.transport.start()
-        for message_type in self.mediator._served_requests():
-            subject = request_subject(message_type)
-            self._subscriptions.append(await self.transport.subscribe(subject, self._serve_request, queue=subject))
-        for event_type in self.mediator._served_events():
-            subject = event_subject(event_type)
-            queue = self.service
-            self._subscriptions.append(await self.transport.subscribe(subject, self._serve_event, queue=queue))
+        try:
+            for message_type in self.mediator._served_requests():
+                subject = request_subject(message_type)
+                self._subscriptions.append(await self.transport.subscribe(subject, self._serve_request, queue=subject))
+            for event_type in self.mediator._served_events():
+                subject = event_subject(event_type)
+                queue = self.service
+                self._subscriptions.append(await self.transport.subscribe(subject, self._serve_event, queue=queue))
+        except BaseException:
+            await self.stop()
+            raise
 
     async def stop(self) -> None:
         """Stop taking messages (those being handled finish), then disconnect."""

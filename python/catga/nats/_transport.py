@@ -376,8 +376,10 @@ class NatsTransport(Transport):
     Worker id (API.md section 2): unless `CATGA_WORKER_ID` pins it or `lease_worker_id=False`,
     `start()` leases a free worker id for the process from the JetStream KV bucket
     `catga_worker_ids` (`catga.nats.WorkerIdLease`, on a connection of its own) and stamps it into
-    the ids `catga.new_id()` makes, so that processes on one cluster never make the same id. Every
-    transport of the process shares that lease; `stop()` of the last one frees the id. With every id
+    the ids `catga.new_id()` makes, so that processes on one cluster never make the same id. The
+    process holds one lease: every transport (and mediator) of it shares the first one taken, which
+    is a Redis one when a mediator on Redis stores started first (`catga.redis.RedisWorkerIdLease`);
+    `stop()` of the last one frees the id. With every id
     leased, `start()` fails with `catga.TransportError` naming the bucket. The server needs
     JetStream for that (`-js`), also with `events="core"`.
 

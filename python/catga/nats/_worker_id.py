@@ -12,8 +12,9 @@ that does not pin its id with `CATGA_WORKER_ID` leases a free one from the bucke
 - a holder that finds its key gone or taken, or cannot reach the bucket for longer than the TTL,
   logs an ERROR on `catga.nats` (ids made meanwhile may collide) and leases again.
 
-`NatsTransport.start()` takes one lease per process (shared by every transport of the process, with
-a reference count) and `stop()` of the last transport releases it; see `acquire_shared`.
+`NatsTransport.start()` takes one lease per process (shared by every transport and mediator of the
+process, with a reference count: `catga._worker_lease`) and `stop()` of the last one releases it;
+see `acquire_shared`. A process that already holds a lease from Redis shares that one.
 """
 
 import asyncio
@@ -23,17 +24,17 @@ import os
 import secrets
 import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Final
-from weakref import WeakKeyDictionary
 
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.js.kv import KeyValue
 
+from catga import _worker_lease
 from catga._core import IdGenerator, default_generator
 from catga._errors import TransportError
+from catga._worker_lease import worker_id_pinned
 
 __all__ = ["BUCKET", "DEFAULT_TTL", "WorkerIdLease", "acquire_shared", "release_shared", "worker_id_pinned"]
 
@@ -49,11 +50,6 @@ DEFAULT_TTL: Final = 30.0
 _STREAM_NAME_IN_USE: Final = 10058
 # JetStream API error codes: the expected last revision of the key did not match.
 _WRONG_LAST_SEQUENCE: Final = (10071, 10164)
-
-
-def worker_id_pinned() -> bool:
-    """Whether `CATGA_WORKER_ID` pins this process's worker id (set and not blank): then no lease."""
-    return bool(os.environ.get("CATGA_WORKER_ID", "").strip())
 
 
 def _describe(exc: BaseException) -> str:
@@ -324,35 +320,26 @@ def _seconds(name: str, value: object) -> float:
 # ---------------------------------------------------------------------- the process-wide lease
 
 
-@dataclass
-class _Shared:
-    lease: WorkerIdLease
-    nc: Client
-    loop: asyncio.AbstractEventLoop
-    users: int = 0
+class _Held:
+    """The process-wide lease (`catga._worker_lease`) when NATS leased it: the lease and its connection."""
 
+    def __init__(self, lease: WorkerIdLease, nc: Client) -> None:
+        self.lease = lease
+        self.nc = nc
 
-_shared: _Shared | None = None
-_locks: "WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]" = WeakKeyDictionary()
+    @property
+    def worker_id(self) -> int | None:
+        return self.lease.worker_id
 
+    @property
+    def backend(self) -> str:
+        return f"the NATS KV bucket `{self.lease.bucket}`"
 
-def _forget_in_child() -> None:
-    # A forked child holds no lease (its parent does, and renews it); it picks a random worker id
-    # (see catga's id generator) and leases its own when it starts a transport.
-    global _shared
-    _shared = None
-    _locks.clear()
-
-
-os.register_at_fork(after_in_child=_forget_in_child)
-
-
-def _lock() -> asyncio.Lock:
-    loop = asyncio.get_running_loop()
-    lock = _locks.get(loop)
-    if lock is None:
-        lock = _locks[loop] = asyncio.Lock()
-    return lock
+    async def close(self) -> None:
+        try:
+            await self.lease.release()
+        finally:
+            await _close_quietly(self.nc)
 
 
 async def acquire_shared(
@@ -364,54 +351,27 @@ async def acquire_shared(
 ) -> int:
     """Take a reference to the process's worker-id lease, leasing it first if nobody holds it.
 
-    One lease per process: every transport stamps the same worker id. It lives on a connection of
-    its own (the servers and options of the first transport, without its callbacks), so it outlives
-    whichever transport took it. Pair every call with `release_shared()`.
+    One lease per process: every transport (and mediator) stamps the same worker id, and a lease
+    the process already holds from another backend (Redis) is shared, not doubled. A new lease lives
+    on a connection of its own (the servers and options of the first transport, without its
+    callbacks), so it outlives whichever transport took it. Pair every call with `release_shared()`.
     """
-    global _shared
-    async with _lock():
-        shared = _shared
-        if shared is not None and shared.loop.is_closed():
-            # An event loop ended without stopping its transports: that lease renews no more.
-            _logger.warning(
-                "dropped the worker-id lease of a closed event loop (worker id `%s`)", shared.lease.worker_id
-            )
-            _shared = shared = None
-        if shared is None:
-            shared = await _lease(servers, connect_options, service=service, timeout=timeout)
-            _shared = shared
-        shared.users += 1
-        worker_id = shared.lease.worker_id
-    assert worker_id is not None, "a shared lease is always held"
-    return worker_id
+    return await _worker_lease.acquire_shared(
+        lambda: _lease(servers, connect_options, service=service, timeout=timeout)
+    )
 
 
 async def release_shared() -> None:
     """Drop a reference taken by `acquire_shared()`; the last one releases the lease."""
-    global _shared
-    async with _lock():
-        shared = _shared
-        if shared is None:
-            return
-        shared.users -= 1
-        if shared.users > 0:
-            return
-        _shared = None
-    if shared.loop is asyncio.get_running_loop():
-        await _close(shared)
-    elif shared.loop.is_running():  # taken on another thread's loop: its tasks live there
-        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_close(shared), shared.loop))
+    await _worker_lease.release_shared()
 
 
 def shared_worker_id() -> int | None:
     """The worker id of the process-wide lease, or `None` when none is held (for tests and tools)."""
-    shared = _shared
-    return None if shared is None else shared.lease.worker_id
+    return _worker_lease.shared_worker_id()
 
 
-async def _lease(
-    servers: Sequence[str], connect_options: Mapping[str, Any], *, service: str, timeout: float
-) -> _Shared:
+async def _lease(servers: Sequence[str], connect_options: Mapping[str, Any], *, service: str, timeout: float) -> _Held:
     options = {key: value for key, value in connect_options.items() if not key.endswith("_cb")}
     options.setdefault("allow_reconnect", True)
     options.setdefault("max_reconnect_attempts", -1)
@@ -436,7 +396,7 @@ async def _lease(
     except BaseException:
         await _close_quietly(nc)
         raise
-    return _Shared(lease, nc, asyncio.get_running_loop())
+    return _Held(lease, nc)
 
 
 def _quiet(service: str) -> Callable[..., Awaitable[None]]:
@@ -445,13 +405,6 @@ def _quiet(service: str) -> Callable[..., Awaitable[None]]:
         _logger.debug("worker-id lease connection of `%s`: %s", service, args[0] if args else "event")
 
     return callback
-
-
-async def _close(shared: _Shared) -> None:
-    try:
-        await shared.lease.release()
-    finally:
-        await _close_quietly(shared.nc)
 
 
 async def _close_quietly(nc: Client) -> None:

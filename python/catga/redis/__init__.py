@@ -18,6 +18,11 @@ installed): `pip install catga[redis]`.
 ...     rate_limit=RedisRateLimit(url, rate=500.0, burst=100.0),
 ... )
 
+Worker ids (API.md section 2): `Mediator.start()` of a mediator on a Redis store leases the process's
+id-generator worker id from that store's server (`RedisWorkerIdLease`, keys `catga:worker_ids:*`)
+unless `CATGA_WORKER_ID` pins it, the process already holds a lease (from a NATS transport), or
+`Mediator(lease_worker_id=False)`.
+
 Stores that are not in memory run as Python layers of the pipeline (one Redis round trip each per
 message) instead of the core's native hooks. Server errors raise `catga.PersistenceError` naming
 the server (never its password); values that cannot be encoded raise `catga.SerializationError`.
@@ -34,6 +39,7 @@ from catga.redis._events import RedisCheckpointStore, RedisEventStore, RedisSnap
 from catga.redis._idempotency import RedisIdempotencyStore
 from catga.redis._rate_limit import RedisRateLimit
 from catga.redis._sagas import RedisSagaStore
+from catga.redis._worker_id import RedisWorkerIdLease
 
 __all__ = [
     "RedisCacheStore",
@@ -44,6 +50,7 @@ __all__ = [
     "RedisRateLimit",
     "RedisSagaStore",
     "RedisSnapshotStore",
+    "RedisWorkerIdLease",
 ]
 
 for _cls in (
@@ -55,6 +62,7 @@ for _cls in (
     RedisRateLimit,
     RedisSagaStore,
     RedisSnapshotStore,
+    RedisWorkerIdLease,
 ):
     _cls.__module__ = __name__
 del _cls
