@@ -199,6 +199,7 @@ MODULES = [
     "catga._projection",
     "catga.memory._events",
     "catga.cli._common",
+    "catga._worker_lease",
 ]
 
 

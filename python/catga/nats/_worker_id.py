@@ -12,6 +12,9 @@ that does not pin its id with `CATGA_WORKER_ID` leases a free one from the bucke
 - a holder that finds its key gone or taken, or cannot reach the bucket for longer than the TTL,
   logs an ERROR on `catga.nats` (ids made meanwhile may collide) and leases again.
 
+The renewing, the reporting and the leasing again are `catga._worker_lease.WorkerIdLeaseBase`'s,
+shared with the Redis lease; this module holds the bucket's operations.
+
 `NatsTransport.start()` takes one lease per process (shared by every transport and mediator of the
 process, with a reference count: `catga._worker_lease`) and `stop()` of the last one releases it;
 see `acquire_shared`. A process that already holds a lease from Redis shares that one.
@@ -19,10 +22,6 @@ see `acquire_shared`. A process that already holds a lease from Redis shares tha
 
 import asyncio
 import logging
-import math
-import os
-import secrets
-import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
@@ -32,9 +31,9 @@ from nats.aio.client import Client
 from nats.js.kv import KeyValue
 
 from catga import _worker_lease
-from catga._core import IdGenerator, default_generator
+from catga._core import IdGenerator
 from catga._errors import TransportError
-from catga._worker_lease import worker_id_pinned
+from catga._worker_lease import SharedLease, WorkerIdLeaseBase, describe, hold, worker_id_pinned
 
 __all__ = ["BUCKET", "DEFAULT_TTL", "WorkerIdLease", "acquire_shared", "release_shared", "worker_id_pinned"]
 
@@ -52,12 +51,7 @@ _STREAM_NAME_IN_USE: Final = 10058
 _WRONG_LAST_SEQUENCE: Final = (10071, 10164)
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"`{type(exc).__name__}` {text}" if text else f"`{type(exc).__name__}`"
-
-
-class WorkerIdLease:
+class WorkerIdLease(WorkerIdLeaseBase):
     """A worker id leased from a NATS JetStream key-value bucket and renewed until released.
 
     `acquire()` creates the bucket if missing (with `ttl` as its `max_age`; an existing bucket
@@ -77,6 +71,12 @@ class WorkerIdLease:
     the bucket (and is shortened to TTL/3 for renewals).
     """
 
+    _logger = _logger  # the module's, `catga.nats`
+    _error = TransportError
+    # nats-py raises its own `TimeoutError` (a `nats.errors.Error`) for a call that timed out.
+    _unreachable = (TimeoutError, nats.errors.Error)
+    _shown = "bucket"
+
     def __init__(
         self,
         nc: Client,
@@ -90,100 +90,31 @@ class WorkerIdLease:
     ) -> None:
         if not isinstance(nc, Client):
             raise TypeError(f"`nc` must be a nats-py `Client`, got `{nc!r}`")
-        if not isinstance(service, str):
-            raise TypeError(f"`service` must be a str, got `{service!r}`")
-        self._generator = default_generator() if generator is None else generator
-        bits = self._generator.layout[1]
-        if _worker_bits is not None:  # tests: a smaller id space, to fill it
-            if not 0 <= _worker_bits <= bits:
-                raise ValueError(f"`_worker_bits` must be an int from 0 to `{bits}`, got `{_worker_bits!r}`")
-            bits = _worker_bits
+        super().__init__(service=service, ttl=ttl, generator=generator, timeout=timeout, worker_bits=_worker_bits)
         self._nc = nc
-        self.service = service
-        self.ttl = _seconds("ttl", ttl)
-        self.timeout = _seconds("timeout", timeout)
         self.bucket = _bucket
-        self.id_count = 1 << bits
-        """How many worker ids the lease chooses from (`2 ** worker_bits`)."""
-        # The token tells our key from one another holder wrote, also within one process.
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{service}:{secrets.token_hex(4)}"
-        """What the lease writes into its key: `host:pid:service:token`."""
-        self._value = self.holder.encode()
-        self._kv: KeyValue | None = None
-        self._renew_every = self.ttl / 3
-        self._worker_id: int | None = None
-        self._revision: int | None = None  # None while the id is not (known to be) ours
-        self._renewal: asyncio.Task[None] | None = None
+        self._first_kv: KeyValue | None = None  # calls that may take `timeout`: the first lease
+        self._kv: KeyValue | None = None  # calls that give up within `_renewal_timeout`: the renewals
+        self._revision: int | None = None  # of our key, while it is held
 
-    def __repr__(self) -> str:
-        state = "released" if self._worker_id is None else f"worker_id={self._worker_id}"
-        return f"<WorkerIdLease bucket={self.bucket!r} {state}>"
+    # ------------------------------------------------------------------------ the bucket's side
 
     @property
-    def worker_id(self) -> int | None:
-        """The leased worker id, or `None` before `acquire()` and after `release()`."""
-        return self._worker_id
+    def _place(self) -> str:
+        return f"the NATS KV bucket `{self.bucket}`"
 
-    async def acquire(self) -> int:
-        """Lease a free worker id, stamp it into the generator and start renewing it; returns it."""
-        if self._worker_id is not None:
-            return self._worker_id
-        try:
-            kv = await self._bucket()
-            worker_id = await self._claim(kv, prefer=None)
-        except nats.errors.Error as exc:
-            # A server without JetStream answers the bucket's API with "no responders" (a 503).
-            no_jetstream = isinstance(exc, nats.errors.NoRespondersError | nats.js.errors.ServiceUnavailableError)
-            why = "the server has no JetStream (start it with `-js`); " if no_jetstream else ""
-            raise TransportError(
-                f"cannot lease a worker id from the NATS KV bucket `{self.bucket}`: {_describe(exc)} "
-                f"({why}set `CATGA_WORKER_ID` to pin one, or pass `lease_worker_id=False`)",
-                bucket=self.bucket,
-            ) from exc
-        if worker_id is None:
-            raise TransportError(
-                f"no free worker id in the NATS KV bucket `{self.bucket}`: all `{self.id_count}` ids tried are "
-                f"leased by live processes (a stopped process frees its id within `{self._bucket_ttl():g}` s; "
-                "or pin one with `CATGA_WORKER_ID`)",
-                bucket=self.bucket,
-                tried=self.id_count,
-            )
-        self._generator.set_worker_id(worker_id)
-        self._worker_id = worker_id
-        self._renewal = asyncio.ensure_future(self._renew_forever())
-        _logger.info("leased worker id `%d` from the NATS KV bucket `%s` as `%s`", worker_id, self.bucket, self.holder)
-        return worker_id
+    def _details(self) -> dict[str, object]:
+        return {"bucket": self.bucket}
 
-    async def release(self) -> None:
-        """Stop renewing and free the id now (the key is deleted only if it is still ours)."""
-        renewal, self._renewal = self._renewal, None
-        if renewal is not None:
-            renewal.cancel()
-            await asyncio.gather(renewal, return_exceptions=True)
-        worker_id, revision, kv = self._worker_id, self._revision, self._kv
-        self._worker_id = self._revision = None
-        if worker_id is None or revision is None or kv is None:
-            return
-        if not self._nc.is_connected:  # waiting for a reconnect would hold up a shutdown
-            _logger.warning(
-                "could not release worker id `%d` in the NATS KV bucket `%s` (not connected): it expires in `%g` s",
-                worker_id,
-                self.bucket,
-                self._bucket_ttl(),
-            )
-            return
-        try:
-            # `last`: if our lease lapsed and another process took the id, its key stays.
-            await kv.delete(str(worker_id), last=revision)
-        except nats.js.errors.APIError as exc:
-            if exc.err_code not in _WRONG_LAST_SEQUENCE:
-                _logger.warning("could not release worker id `%d`: %s", worker_id, _describe(exc))
-        except (TimeoutError, nats.errors.Error) as exc:
-            _logger.warning("could not release worker id `%d` (it expires by itself): %s", worker_id, _describe(exc))
+    def _advice(self, exc: Exception) -> str:
+        # A server without JetStream answers the bucket's API with "no responders" (a 503).
+        no_jetstream = isinstance(exc, nats.errors.NoRespondersError | nats.js.errors.ServiceUnavailableError)
+        return "the server has no JetStream (start it with `-js`); " if no_jetstream else ""
 
-    # ------------------------------------------------------------------------------- helpers
+    def _lease_ttl(self) -> float:
+        return self._renew_every * 3  # the bucket's TTL, which may not be ours (see `_prepare`)
 
-    async def _bucket(self) -> KeyValue:
+    async def _prepare(self) -> None:
         js = self._nc.jetstream(timeout=self.timeout)
         try:
             kv = await js.key_value(self.bucket)
@@ -204,142 +135,62 @@ class WorkerIdLease:
             )
         # The bucket's TTL rules, whoever created it: renew well within it.
         self._renew_every = ttl / 3
-        # Renewals must give up before the next one is due; the first lease may take `timeout`.
-        short = self._nc.jetstream(timeout=min(self.timeout, self._renew_every))
+        short = self._nc.jetstream(timeout=self._renewal_timeout)
         self._kv = await short.key_value(self.bucket)
-        return kv
+        self._first_kv = kv
 
-    def _bucket_ttl(self) -> float:
-        return self._renew_every * 3
+    async def _claim_one(self, worker_id: int, *, renewing: bool) -> bool:
+        kv = self._kv if renewing else self._first_kv
+        assert kv is not None, "claiming from a bucket that was never opened"
+        try:
+            self._revision = await kv.create(str(worker_id), self._value)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return False  # leased by a live process
+        return True
 
-    async def _claim(self, kv: KeyValue, *, prefer: int | None) -> int | None:
-        """Create the key of the first free id (`prefer` first, then from a random offset), or `None`."""
-        count = self.id_count
-        start = secrets.randbelow(count)
-        order = [(start + step) % count for step in range(count)]
-        if prefer is not None and prefer < count:
-            order.remove(prefer)
-            order.insert(0, prefer)
-        for worker_id in order:
-            try:
-                self._revision = await kv.create(str(worker_id), self._value)
-            except nats.js.errors.KeyWrongLastSequenceError:
-                continue  # leased by a live process
-            return worker_id
-        return None
-
-    async def _renew_forever(self) -> None:
-        loop = asyncio.get_running_loop()
-        last_renewed = loop.time()
-        reported = False
-        while True:
-            await asyncio.sleep(self._renew_every)
-            kv, worker_id = self._kv, self._worker_id
-            assert kv is not None, "renewing a lease that was never taken"
-            assert worker_id is not None, "renewing a released lease"
-            try:
-                await self._renew_once(kv, worker_id)
-            except (TimeoutError, nats.errors.Error) as exc:
-                overdue = loop.time() - last_renewed
-                if overdue > self._bucket_ttl() and not reported:
-                    reported = True
-                    _logger.error(
-                        "could not renew worker id `%d` in the NATS KV bucket `%s` for `%.1f` s, longer than its "
-                        "`%g` s TTL: another process may lease it now, and message ids may collide: %s",
-                        worker_id,
-                        self.bucket,
-                        overdue,
-                        self._bucket_ttl(),
-                        _describe(exc),
-                    )
-                continue
-            except Exception:  # a bug must not end the renewals silently: the id would lapse
-                _logger.exception("renewing worker id `%d` in the NATS KV bucket `%s` failed", worker_id, self.bucket)
-                continue
-            if self._revision is not None:
-                last_renewed = loop.time()
-                reported = False
-
-    async def _renew_once(self, kv: KeyValue, worker_id: int) -> None:
-        if self._revision is None:  # lost earlier, and no id was free then
-            await self._reclaim(kv, worker_id)
-            return
+    async def _extend(self, worker_id: int) -> str | None:
+        kv = self._kv
+        assert kv is not None, "renewing a lease that was never taken"
         try:
             self._revision = await kv.update(str(worker_id), self._value, last=self._revision)
         except nats.js.errors.KeyWrongLastSequenceError:
-            await self._lost(kv, worker_id)
+            return await self._holder_now(kv, worker_id)
+        return None
 
-    async def _lost(self, kv: KeyValue, worker_id: int) -> None:
+    async def _holder_now(self, kv: KeyValue, worker_id: int) -> str | None:
         """The key changed under us: ours after all (a renewal that timed out but landed), or lost."""
-        key = str(worker_id)
         try:
-            entry = await kv.get(key)
+            entry = await kv.get(str(worker_id))
         except nats.js.errors.KeyNotFoundError:  # expired (or deleted): nobody holds it now
-            holder = None
-        else:
-            if entry.value == self._value and entry.revision is not None:
-                self._revision = entry.revision
-                return
-            holder = (entry.value or b"").decode(errors="replace")
-        self._revision = None
-        _logger.error(
-            "lost the lease of worker id `%d` in the NATS KV bucket `%s` (%s): message ids made meanwhile may "
-            "collide with another process's; leasing one again",
-            worker_id,
-            self.bucket,
-            f"now held by `{holder}`" if holder else "it expired",
-        )
-        await self._reclaim(kv, worker_id)
+            return ""
+        if entry.value == self._value and entry.revision is not None:
+            self._revision = entry.revision
+            return None
+        return (entry.value or b"").decode(errors="replace")
 
-    async def _reclaim(self, kv: KeyValue, worker_id: int) -> None:
-        """Lease again after a loss, keeping the same id if it is free."""
-        new_id = await self._claim(kv, prefer=worker_id)
-        if new_id is None:
-            _logger.error(
-                "no free worker id in the NATS KV bucket `%s` to replace the lost `%d`: still using it, "
-                "retrying in `%g` s",
-                self.bucket,
+    async def _free(self, worker_id: int) -> None:
+        revision, self._revision, kv = self._revision, None, self._kv
+        assert revision is not None, "a held lease knows its key's revision"
+        assert kv is not None, "a held lease has its bucket"
+        if not self._nc.is_connected:  # waiting for a reconnect would hold up a shutdown
+            _logger.warning(
+                "could not release worker id `%d` in the NATS KV bucket `%s` (not connected): it expires in `%g` s",
                 worker_id,
-                self._renew_every,
+                self.bucket,
+                self._lease_ttl(),
             )
             return
-        if new_id != worker_id:
-            self._generator.set_worker_id(new_id)
-            self._worker_id = new_id
-        _logger.warning("leased worker id `%d` again from the NATS KV bucket `%s`", new_id, self.bucket)
-
-
-def _seconds(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"`{name}` must be a number of seconds, got `{value!r}`")
-    if not value > 0 or not math.isfinite(value):
-        raise ValueError(f"`{name}` must be positive and finite, got `{value!r}`")
-    return float(value)
+        try:
+            # `last`: if our lease lapsed and another process took the id, its key stays.
+            await kv.delete(str(worker_id), last=revision)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code not in _WRONG_LAST_SEQUENCE:
+                _logger.warning("could not release worker id `%d`: %s", worker_id, describe(exc))
+        except (TimeoutError, nats.errors.Error) as exc:
+            _logger.warning("could not release worker id `%d` (it expires by itself): %s", worker_id, describe(exc))
 
 
 # ---------------------------------------------------------------------- the process-wide lease
-
-
-class _Held:
-    """The process-wide lease (`catga._worker_lease`) when NATS leased it: the lease and its connection."""
-
-    def __init__(self, lease: WorkerIdLease, nc: Client) -> None:
-        self.lease = lease
-        self.nc = nc
-
-    @property
-    def worker_id(self) -> int | None:
-        return self.lease.worker_id
-
-    @property
-    def backend(self) -> str:
-        return f"the NATS KV bucket `{self.lease.bucket}`"
-
-    async def close(self) -> None:
-        try:
-            await self.lease.release()
-        finally:
-            await _close_quietly(self.nc)
 
 
 async def acquire_shared(
@@ -371,7 +222,9 @@ def shared_worker_id() -> int | None:
     return _worker_lease.shared_worker_id()
 
 
-async def _lease(servers: Sequence[str], connect_options: Mapping[str, Any], *, service: str, timeout: float) -> _Held:
+async def _lease(
+    servers: Sequence[str], connect_options: Mapping[str, Any], *, service: str, timeout: float
+) -> SharedLease:
     options = {key: value for key, value in connect_options.items() if not key.endswith("_cb")}
     options.setdefault("allow_reconnect", True)
     options.setdefault("max_reconnect_attempts", -1)
@@ -386,17 +239,13 @@ async def _lease(servers: Sequence[str], connect_options: Mapping[str, Any], *, 
     except (TimeoutError, OSError, nats.errors.Error) as exc:
         await _close_quietly(nc)
         raise TransportError(
-            f"cannot connect to NATS at `{', '.join(servers)}` to lease a worker id: {_describe(exc)}",
+            f"cannot connect to NATS at `{', '.join(servers)}` to lease a worker id: {describe(exc)}",
             servers=list(servers),
         ) from exc
     # `BUCKET` read now, not bound at definition: tests point the transports at a bucket of their own.
     lease = WorkerIdLease(nc, service=service, timeout=timeout, _bucket=BUCKET)
-    try:
-        await lease.acquire()
-    except BaseException:
-        await _close_quietly(nc)
-        raise
-    return _Held(lease, nc)
+    # The connection is the lease's own: closed with it, or at once if it leases nothing.
+    return await hold(lease, closing=lambda: _close_quietly(nc))
 
 
 def _quiet(service: str) -> Callable[..., Awaitable[None]]:
@@ -411,4 +260,4 @@ async def _close_quietly(nc: Client) -> None:
     try:
         await nc.close()
     except Exception as exc:  # closing is best effort: the socket may already be gone
-        _logger.debug("closing the NATS connection of the worker-id lease failed: %s", _describe(exc))
+        _logger.debug("closing the NATS connection of the worker-id lease failed: %s", describe(exc))
