@@ -6,8 +6,11 @@ measured in alternation, under the same load, and the ratio of their medians hol
 machine. The loop's cost (the `for`, `run_until_complete`) is subtracted from both first.
 """
 
+import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -151,3 +154,35 @@ def write_summary(terminalreporter: pytest.TerminalReporter) -> None:
     loops = [m.references["loop"] for m in RESULTS]
     write(f"ns/op and floor are net of the empty batch's own cost ({min(loops):.1f}-{max(loops):.1f} ns/op).")
     write("floors: " + "; ".join(f"{s}: {FLOOR_TEXT[s]}" for s in SCENARIOS))
+
+
+def measure_beside_floor(
+    benchmark: Any,
+    record: Callable[[Measurement], None],
+    scenario: str,
+    case: str,
+    batch: Callable[[], None],
+    floor: Callable[[], None],
+    *,
+    per: int,
+    rounds: int,
+    warmup: int,
+) -> None:
+    """Time `batch` (`per` operations) with pytest-benchmark, running its floor once before each of
+    its rounds (timed here), and record both medians in ns per operation. For cases whose rounds
+    last milliseconds (servers, stores), where the empty loop's own cost does not matter."""
+    samples: list[int] = []
+
+    def run_floor() -> None:
+        start = time.perf_counter_ns()
+        floor()
+        samples.append(time.perf_counter_ns() - start)
+
+    benchmark.group = scenario
+    benchmark.name = f"{scenario}[{case}]"
+    benchmark.pedantic(batch, setup=run_floor, rounds=rounds, warmup_rounds=warmup, iterations=1)
+    if benchmark.stats is None:  # --benchmark-disable
+        return
+    floor_ns = statistics.median(samples[warmup:] or samples) / per
+    ns = benchmark.stats.stats.median * 1e9 / per
+    record(Measurement(scenario, case, ns, {"loop": 0.0, "floor": floor_ns}))

@@ -18,10 +18,8 @@ operations per round, `ROUNDS_REMOTE` rounds.
 
 import asyncio
 import os
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ from typing import Any
 import pytest
 
 import catga
-from _report import Measurement
+from _report import Measurement, measure_beside_floor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _servers import Server, spawn_nats, spawn_redis  # the tests' server fixtures
@@ -84,22 +82,10 @@ def measure_remote(
     batch: Callable[[], None],
     floor: Callable[[], None],
 ) -> None:
-    """Time `batch`, and before each of its rounds its floor, as benches/test_mediator.py does."""
-    samples: list[int] = []
-
-    def run_floor() -> None:
-        start = time.perf_counter_ns()
-        floor()
-        samples.append(time.perf_counter_ns() - start)
-
-    benchmark.group = scenario
-    benchmark.name = f"{scenario}[{case}]"
-    benchmark.pedantic(batch, setup=run_floor, rounds=ROUNDS_REMOTE, warmup_rounds=WARMUP, iterations=1)
-    if benchmark.stats is None:
-        return
-    floor_ns = statistics.median(samples[WARMUP:] or samples) / N_REMOTE
-    ns = benchmark.stats.stats.median * 1e9 / N_REMOTE
-    record(Measurement(scenario, case, ns, {"loop": 0.0, "floor": floor_ns}))
+    """Time `batch` (`N_REMOTE` operations) beside its floor; see `_report.measure_beside_floor`."""
+    measure_beside_floor(
+        benchmark, record, scenario, case, batch, floor, per=N_REMOTE, rounds=ROUNDS_REMOTE, warmup=WARMUP
+    )
 
 
 # -------------------------------------------------------------------------------- the raw floors

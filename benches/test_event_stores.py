@@ -18,10 +18,8 @@ PostgreSQL cluster this module starts on free ports, as the tests do); all per e
 
 import asyncio
 import os
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,7 @@ import msgspec
 import pytest
 
 import catga
-from _report import Measurement
+from _report import Measurement, measure_beside_floor
 from catga._event_records import encode_event
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -99,23 +97,8 @@ def measure(
     floor: Callable[[], None],
     per: int,
 ) -> None:
-    """Time `batch` (`per` events), and before each of its rounds its floor, as
-    benches/test_distributed.py's `measure_remote` does; records ns per event."""
-    samples: list[int] = []
-
-    def run_floor() -> None:
-        start = time.perf_counter_ns()
-        floor()
-        samples.append(time.perf_counter_ns() - start)
-
-    benchmark.group = scenario
-    benchmark.name = f"{scenario}[{case}]"
-    benchmark.pedantic(batch, setup=run_floor, rounds=ROUNDS, warmup_rounds=WARMUP, iterations=1)
-    if benchmark.stats is None:
-        return
-    floor_ns = statistics.median(samples[WARMUP:] or samples) / per
-    ns = benchmark.stats.stats.median * 1e9 / per
-    record(Measurement(scenario, case, ns, {"loop": 0.0, "floor": floor_ns}))
+    """Time `batch` (`per` events) beside its floor; see `_report.measure_beside_floor`."""
+    measure_beside_floor(benchmark, record, scenario, case, batch, floor, per=per, rounds=ROUNDS, warmup=WARMUP)
 
 
 def _repeat(loop: asyncio.AbstractEventLoop, op: Op, times: int) -> Callable[[], None]:
